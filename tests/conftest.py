@@ -13,3 +13,19 @@ import torch  # noqa: E402
 def _seeded():
     """Every test starts from the same global RNG state; tests still draw fresh random inputs."""
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def nan_poisoned_allocations(monkeypatch):
+    """Make every uninitialised float allocation (torch.empty_like, Tensor.new_empty, torch.empty)
+    start as NaN, so an op that leaves part of its output unwritten fails the comparison."""
+    empty_like, new_empty, empty = torch.empty_like, torch.Tensor.new_empty, torch.empty
+
+    def poison(tensor):
+        if tensor.is_floating_point():
+            tensor.fill_(float("nan"))
+        return tensor
+
+    monkeypatch.setattr(torch, "empty_like", lambda *args, **kwargs: poison(empty_like(*args, **kwargs)))
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *args, **kwargs: poison(new_empty(self, *args, **kwargs)))
+    monkeypatch.setattr(torch, "empty", lambda *args, **kwargs: poison(empty(*args, **kwargs)))

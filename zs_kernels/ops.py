@@ -9,7 +9,8 @@ Backends:
 * ``"auto"``      Triton for CUDA tensors when Triton is installed, the torch path otherwise.
 
 Each op is a ``torch.library.custom_op`` with a fake implementation, so models that call them
-compile with ``torch.compile(fullgraph=True)``.
+compile with ``torch.compile(fullgraph=True)``. The ops are for inference (sampling): they
+register no autograd formula.
 """
 
 from __future__ import annotations
