@@ -1,0 +1,165 @@
+"""Processors and hooks: the corrected path really runs, positions are interpolated, the fractional
+PE reproduces diffusers' buffer, the key-state cache drops what it hands out."""
+
+import pytest
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers.models.embeddings import SinusoidalPositionalEmbedding
+from zs_helpers import generator, text_kwargs
+
+import zerosmooth.attention as attention
+from zerosmooth import ZeroSmooth, ZeroSmoothConfig
+from zerosmooth.adapters.animatediff import AnimateDiffAdapter, sinusoidal_embedding
+from zerosmooth.adapters.base import install_hooks, remove_hooks
+from zerosmooth.attention import CascadeState, KeyStateCache
+from zerosmooth.color import adain_to_key_frames
+from zerosmooth.noise import stage_noise
+from zerosmooth.tiny import tiny_animatediff_pipeline, tiny_svd_pipeline, tiny_text_to_video_pipeline
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("dim, length", [(32, 32), (64, 24), (320, 32)])
+def test_fractional_pe_is_bit_identical_at_integer_positions(dim, length):
+    buffer = SinusoidalPositionalEmbedding(dim, max_seq_length=length).pe[0]
+    table = sinusoidal_embedding(torch.arange(length, dtype=torch.float32), dim)
+    assert torch.equal(table, buffer)
+    # Half positions sit between their neighbours on the same sinusoids.
+    half = sinusoidal_embedding(torch.tensor([2.5]), dim)[0]
+    assert torch.allclose(half[0::2], torch.sin(2.5 * torch.exp(torch.arange(0, dim, 2) * (-torch.log(torch.tensor(1e4)) / dim))))
+
+
+def test_pe_hook_interpolates_and_runs_beyond_max_seq_length():
+    module = SinusoidalPositionalEmbedding(16, max_seq_length=8)
+    state = CascadeState()
+    hooks = AnimateDiffAdapter(tiny_animatediff_pipeline(0)).position_hooks(state)
+    assert hooks  # one per motion-module transformer block
+    installed = install_hooks([(module, hooks[0][1])])
+    x = torch.zeros(3, 20, 16)
+    out = module(x)  # 20 > max_seq_length = 8
+    assert torch.equal(out[0, :8], module.pe[0])
+    state.position_factor = 2
+    out = module(x)
+    assert torch.equal(out[0, 0:8:2], module.pe[0, :4])  # key frame 2i lands on position i
+    remove_hooks(installed)
+    assert "forward" not in vars(module) and not hasattr(module, "_diffusers_hook")
+    with pytest.raises(RuntimeError):
+        module(x)  # the stock buffer again
+
+
+def test_svd_time_proj_positions_are_divided():
+    pipe = tiny_svd_pipeline(0)
+    zerosmooth = ZeroSmooth(pipe)
+    hooked = [module for module, _ in zerosmooth.adapter.position_hooks(zerosmooth.state)]
+    assert hooked and pipe.unet.time_proj not in hooked  # the diffusion timestep embedding is untouched
+    positions = torch.arange(8)
+    with zerosmooth:
+        plain = hooked[0](positions)
+        zerosmooth.state.position_factor = 2
+        halved = hooked[0](positions)
+        zerosmooth.state.position_factor = 1
+    assert torch.equal(halved[::2], plain[:4])
+    assert not torch.equal(halved[1], plain[1])
+
+
+def test_processors_run_the_corrected_path(monkeypatch):
+    """Strength 1 at every step: the long branch's corrected Q/K/V at key frames are exactly the key
+    branch's (all of Q/K/V for temporal self-attention; Q for spatial self- and cross-attention), and
+    every attention kind goes through its zs_kernels op with blend 1."""
+    pipe = tiny_text_to_video_pipeline(0)
+    pipe.set_progress_bar_config(disable=True)
+    seen = {"qkv": [], "windowed": [], "cross": []}
+    real_qkv, real_windowed, real_back_project = (
+        attention.zs_kernels.corrected_qkv, attention.zs_kernels.windowed_attention, attention.zs_kernels.back_project)
+
+    def corrected_qkv(h, key_qkv, weight, bias=None, *, scale, kv_kind, backend="auto"):
+        qkv, qkv_hat = real_qkv(h, key_qkv, weight, bias, scale=scale, kv_kind=kv_kind, backend=backend)
+        seen["qkv"].append((kv_kind, key_qkv, qkv_hat))
+        return qkv, qkv_hat
+
+    def windowed_attention(q, k, v, **kwargs):
+        seen["windowed"].append((kwargs["window"], kwargs["stride"], kwargs["blend"], kwargs["corrected"] is not None))
+        return real_windowed(q, k, v, **kwargs)
+
+    def back_project(x, y, kind, scale, frame_dim=1, *, backend="auto"):
+        out = real_back_project(x, y, kind, scale, frame_dim, backend=backend)
+        seen["cross"].append((kind, y, out))
+        return out
+
+    monkeypatch.setattr(attention.zs_kernels, "corrected_qkv", corrected_qkv)
+    monkeypatch.setattr(attention.zs_kernels, "windowed_attention", windowed_attention)
+    monkeypatch.setattr(attention.zs_kernels, "back_project", back_project)
+    config = ZeroSmoothConfig(strength=1.0, strength_schedule="constant")
+    out = ZeroSmooth(pipe, config)(generator=generator(0), progress_bar=False,
+                                   **text_kwargs(num_inference_steps=1, output_type="latent"))
+    assert out.blend_weights == [1.0]
+
+    kinds = {kind for kind, _, _ in seen["qkv"]}
+    assert kinds <= {"sample", "box_left", "box_right"} and {"box_left", "box_right"} & kinds
+    for kind, key_qkv, qkv_hat in seen["qkv"]:
+        c = qkv_hat.shape[-1] // 3
+        assert qkv_hat.shape[1] == 2 * key_qkv.shape[1]
+        channels = slice(None) if kind == "sample" else slice(0, c)
+        assert torch.equal(qkv_hat[:, ::2, :, channels], key_qkv[:, :, :, channels])
+    temporal_modules = sum(1 for name, _, axis in ZeroSmooth(pipe).adapter.attention_modules() if axis == "temporal")
+    assert len(seen["windowed"]) == temporal_modules
+    assert all(entry == (4, 2, 1.0, True) for entry in seen["windowed"])  # W = t0 = 4, overlap 2
+    assert seen["cross"] and all(kind == "sample" and torch.equal(out[:, ::2], y) for kind, y, out in seen["cross"])
+
+
+def test_kv_operator_draws_follow_the_probability():
+    state = CascadeState(kv_generator=torch.Generator().manual_seed(0), kv_left_probability=1.0)
+    assert {state.draw_kv_kind() for _ in range(20)} == {"box_left"}
+    state.kv_left_probability = 0.0
+    assert {state.draw_kv_kind() for _ in range(20)} == {"box_right"}
+    state.kv_left_probability = 0.5
+    draws = [state.draw_kv_kind() for _ in range(400)]
+    assert 150 < draws.count("box_left") < 250
+    state.kv_kind = "sample"
+    assert state.draw_kv_kind() == "sample"
+
+
+def test_key_state_cache_accounting():
+    cache = KeyStateCache()
+    cache.put(1, "a", torch.zeros(4, dtype=torch.float32))
+    cache.put(1, "b", torch.zeros(8, dtype=torch.float32))
+    assert (cache.current_bytes, cache.peak_bytes, len(cache)) == (48, 48, 2)
+    cache.take(1, "a")
+    cache.put(2, "a", torch.zeros(2, dtype=torch.float32))
+    assert (cache.current_bytes, cache.peak_bytes, cache.recorded_bytes) == (40, 48, 56)
+    with pytest.raises(RuntimeError, match="recorded twice"):
+        cache.put(2, "a", torch.zeros(1))
+    with pytest.raises(RuntimeError, match="no key states of stage 3"):
+        cache.take(3, "a")
+
+
+def test_unsupported_pipeline_is_a_type_error_naming_the_supported_ones():
+    pipe = DDPMPipeline(UNet2DModel(sample_size=8, block_out_channels=(32, 32), norm_num_groups=8,
+                                    down_block_types=("DownBlock2D", "DownBlock2D"),
+                                    up_block_types=("UpBlock2D", "UpBlock2D")), DDPMScheduler())
+    with pytest.raises(TypeError, match=r"StableVideoDiffusionPipeline, AnimateDiffPipeline, TextToVideoSDPipeline; got DDPMPipeline"):
+        ZeroSmooth(pipe)
+    with pytest.raises(TypeError, match="config must be a ZeroSmoothConfig"):
+        ZeroSmooth(tiny_text_to_video_pipeline(0), {"scale": 2})
+
+
+def test_stage_noise_subsamples_the_longest_stage():
+    shared = torch.arange(18.0).view(1, 1, 18, 1, 1)
+    assert stage_noise(shared, 2, 3, 3, 1).flatten().tolist() == [0.0, 9.0]
+    assert stage_noise(shared, 2, 3, 3, 2).flatten().tolist() == [0.0, 3.0, 6.0, 9.0, 12.0, 15.0]
+    assert stage_noise(shared, 2, 3, 3, 3) is not shared and stage_noise(shared, 2, 3, 3, 3).shape[2] == 18
+
+
+def test_adain_matches_each_frame_to_its_key_frame():
+    latents = torch.randn(2, 6, 4, 5, 5, dtype=torch.float64)
+    keys = torch.randn(2, 3, 4, 5, 5, dtype=torch.float64) * 3 + 1
+    out = adain_to_key_frames(latents, keys, scale=2, frame_dim=1)
+    for j in range(6):
+        torch.testing.assert_close(out[:, j].mean(dim=(-2, -1)), keys[:, j // 2].mean(dim=(-2, -1)))
+        torch.testing.assert_close(out[:, j].std(dim=(-2, -1)), keys[:, j // 2].std(dim=(-2, -1)), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,106 @@
+"""The cascade on the tiny Stable Video Diffusion pipeline (Euler / EDM, image-to-video)."""
+
+import pytest
+import torch
+from zs_helpers import count_unet_calls, frames, generator, svd_kwargs
+
+from zerosmooth import ZeroSmooth, ZeroSmoothConfig
+from zerosmooth.noise import stage_noise
+from zerosmooth.tiny import tiny_svd_pipeline
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models are dominated by per-op overhead; several threads on a shared box only contend.
+    Module scope: the module's cached runs and the plain reference runs must use the same thread
+    count, or reductions round differently."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = tiny_svd_pipeline(0)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def cascade(pipe):
+    """The default 2× cascade, 4 → 8 frames, two Euler steps."""
+    return ZeroSmooth(pipe)(generator=generator(0), progress_bar=False, **svd_kwargs())
+
+
+def test_stage_shapes_and_shared_noise(cascade):
+    assert cascade.num_frames == [4, 8]
+    assert [tuple(video.shape) for video in cascade.stages] == [(1, 4, 3, 16, 16), (1, 8, 3, 16, 16)]
+    assert cascade.frames is cascade.stages[-1]
+    assert tuple(cascade.noise.shape) == (1, 8, 4, 8, 8)  # [B, t_S, C, h, w]
+    assert cascade.step_noise is None  # Euler adds no noise
+    # EDM timesteps are not training timesteps: the strength follows the progress 1 - k/N.
+    assert cascade.blend_weights == pytest.approx([0.8, 0.4])
+
+
+def test_key_branch_is_bit_identical_to_the_plain_pipeline(pipe, cascade):
+    latents = stage_noise(cascade.noise, 1, 2, 2, 1)
+    plain = frames(pipe(generator=generator(0), latents=latents, **svd_kwargs()))
+    assert torch.equal(plain, cascade.stages[0])
+
+
+def test_key_state_cache_holds_one_step(cascade):
+    # Only stage 1 records, the same amount every step, and stage 2 reads it all at the same step.
+    assert cascade.key_state_peak_bytes > 0
+    assert cascade.key_state_offload_bytes == 2 * cascade.key_state_peak_bytes
+
+
+def test_strength_zero_full_window_equals_direct_inference(pipe):
+    """With w = 0, one window over all frames and integer positions, the long branch is the base
+    model at 8 frames with fps · 2 and guidance over 8 frames, up to float rounding (fused QKV
+    projection)."""
+    config = ZeroSmoothConfig(strength=0.0, temporal_windows=False, interpolate_positions=False)
+    long = ZeroSmooth(pipe, config)(generator=generator(1), progress_bar=False,
+                                    **svd_kwargs(output_type="latent", fps=7))
+    direct = pipe(generator=generator(1), latents=long.noise, **svd_kwargs(output_type="latent", num_frames=8, fps=14))
+    torch.testing.assert_close(long.stages[1], frames(direct), rtol=1e-4, atol=1e-4)
+
+
+def test_latent_ddnm_pins_key_frames_to_the_base_video(pipe):
+    config = ZeroSmoothConfig(method="latent_ddnm")
+    out = ZeroSmooth(pipe, config)(generator=generator(0), progress_bar=False, **svd_kwargs(output_type="latent"))
+    base, long = out.stages
+    # Euler's last step lands on the predicted clean latent, which DDNM has projected onto the base.
+    torch.testing.assert_close(long[:, ::2], base, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(long[:, 1::2], base, atol=1e-3)
+
+
+def test_enable_disable_restores_the_pipeline(pipe):
+    reference = frames(pipe(generator=generator(2), **svd_kwargs(num_inference_steps=1)))
+    originals = dict(pipe.unet.attn_processors)
+    zerosmooth = ZeroSmooth(pipe)
+    with zerosmooth:
+        assert zerosmooth.enabled
+        assert any(hasattr(module, "_diffusers_hook") for module in pipe.unet.modules())
+        # While enabled, a direct pipeline call runs the original processors.
+        assert torch.equal(frames(pipe(generator=generator(2), **svd_kwargs(num_inference_steps=1))), reference)
+    assert not zerosmooth.enabled
+    assert dict(pipe.unet.attn_processors) == originals
+    assert not any(hasattr(module, "_diffusers_hook") or "forward" in vars(module) for module in pipe.unet.modules())
+    assert torch.equal(frames(pipe(generator=generator(2), **svd_kwargs(num_inference_steps=1))), reference)
+
+
+def test_bad_input_fails_before_denoising(pipe):
+    with count_unet_calls(pipe) as calls:
+        with pytest.raises(ValueError, match=r"window must not exceed the base frame count num_frames=4"):
+            ZeroSmooth(pipe, ZeroSmoothConfig(window=5))(progress_bar=False, **svd_kwargs())
+        with pytest.raises(ValueError, match=r"num_frames \(the base frame count\) must be an integer >= 1, got 0"):
+            ZeroSmooth(pipe)(progress_bar=False, **svd_kwargs(num_frames=0))
+        with pytest.raises(ValueError, match=r"latents must be the longest stage's noise of shape \[1, 8, 4, 8, 8\]"):
+            ZeroSmooth(pipe)(progress_bar=False, latents=torch.zeros(1, 4, 4, 8, 8), **svd_kwargs())
+        with pytest.raises(TypeError, match=r"does not support the argument\(s\) callback_on_step_end"):
+            ZeroSmooth(pipe)(progress_bar=False, callback_on_step_end=print, **svd_kwargs())
+        with pytest.raises(TypeError, match="needs image="):
+            ZeroSmooth(pipe)(progress_bar=False, num_frames=4)
+    assert calls[0] == 0
+    assert not any(hasattr(module, "_diffusers_hook") for module in pipe.unet.modules())

@@ -1,0 +1,116 @@
+"""The cascade on the tiny text-to-video pipelines: AnimateDiff (UNetMotionModel, sinusoidal PE) and
+ModelScope/zeroscope (TextToVideoSDPipeline, UNet3DConditionModel, no PE), both with DDIM."""
+
+import pytest
+import torch
+from zs_helpers import count_unet_calls, feed_variance_noise, frames, generator, text_kwargs
+
+from zerosmooth import ZeroSmooth, ZeroSmoothConfig
+from zerosmooth.noise import stage_noise
+from zerosmooth.tiny import tiny_animatediff_pipeline, tiny_text_to_video_pipeline
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Single-threaded, for speed on a shared box and so cached and reference runs round alike."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def animatediff():
+    pipe = tiny_animatediff_pipeline(0)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def text_to_video():
+    pipe = tiny_text_to_video_pipeline(0)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_animatediff_key_branch_bit_identical_ddim_eta0(animatediff):
+    out = ZeroSmooth(animatediff)(generator=generator(0), progress_bar=False, **text_kwargs())
+    assert [tuple(video.shape) for video in out.stages] == [(1, 4, 3, 16, 16), (1, 8, 3, 16, 16)]
+    assert tuple(out.noise.shape) == (1, 4, 8, 8, 8)  # [B, C, t_S, h, w]
+    assert out.step_noise is None
+    plain = frames(animatediff(generator=generator(0), latents=stage_noise(out.noise, 2, 2, 2, 1), **text_kwargs()))
+    assert torch.equal(plain, out.stages[0])
+
+
+def test_animatediff_scale3_three_stages_beyond_max_seq_length(animatediff):
+    """4 → 12 → 36 frames: stage 3 is corrected by stage 2's corrected states, and 36 frames exceed
+    the motion modules' max_seq_length of 32 (stock diffusers fails there)."""
+    config = ZeroSmoothConfig(scale=3, stages=3)
+    out = ZeroSmooth(animatediff, config)(generator=generator(0), progress_bar=False,
+                                          **text_kwargs(num_inference_steps=1, output_type="latent"))
+    assert out.num_frames == [4, 12, 36]
+    assert [video.shape[2] for video in out.stages] == [4, 12, 36]
+    assert all(torch.isfinite(video).all() for video in out.stages)
+    # Stage 2 records (and is read by stage 3) on top of stage 1's states.
+    assert out.key_state_offload_bytes > out.key_state_peak_bytes > 0
+
+
+def test_text_to_video_ddim_eta1_shares_per_step_noise(text_to_video):
+    config = ZeroSmoothConfig(stages=2)
+    out = ZeroSmooth(text_to_video, config)(generator=generator(0), progress_bar=False, eta=1.0, **text_kwargs())
+    assert len(out.step_noise) == 2 and tuple(out.step_noise[0].shape) == (1, 4, 8, 8, 8)
+    key_noise = [stage_noise(step, 2, 2, 2, 1) for step in out.step_noise]
+    with feed_variance_noise(text_to_video, key_noise, frame_batch=True):
+        plain = frames(text_to_video(generator=generator(0), latents=stage_noise(out.noise, 2, 2, 2, 1), eta=1.0,
+                                     **text_kwargs()))
+    assert torch.equal(plain, out.stages[0])
+
+
+def test_direct_baseline_is_the_plain_model_at_every_frame_count(text_to_video):
+    out = ZeroSmooth(text_to_video, ZeroSmoothConfig(method="direct"))(
+        generator=generator(4), progress_bar=False, **text_kwargs(num_inference_steps=1))
+    plain = frames(text_to_video(generator=generator(4), latents=out.noise, **text_kwargs(num_frames=8, num_inference_steps=1)))
+    assert torch.equal(plain, out.frames)
+    assert out.key_state_peak_bytes == 0
+
+
+def test_determinism_and_seeds(text_to_video):
+    def run(seed, config_seed=0):
+        config = ZeroSmoothConfig(seed=config_seed)
+        return ZeroSmooth(text_to_video, config)(generator=generator(seed), progress_bar=False,
+                                                 **text_kwargs(num_inference_steps=1, output_type="latent")).frames
+
+    first = run(0)
+    assert torch.equal(first, run(0))
+    assert not torch.allclose(first, run(1))
+
+
+def test_color_correction_matches_key_frame_statistics(text_to_video):
+    out = ZeroSmooth(text_to_video, ZeroSmoothConfig(color_correction=True))(
+        generator=generator(0), progress_bar=False, **text_kwargs(num_inference_steps=1, output_type="latent"))
+    base, long = out.stages
+    keys = base.repeat_interleave(2, dim=2)
+    torch.testing.assert_close(long.mean(dim=(-2, -1)), keys.mean(dim=(-2, -1)), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(long.std(dim=(-2, -1)), keys.std(dim=(-2, -1)), rtol=1e-4, atol=1e-4)
+
+
+def test_progress_reports_stages_times_steps(text_to_video):
+    seen = []
+    ZeroSmooth(text_to_video, ZeroSmoothConfig(stages=1))(
+        generator=generator(0), progress_bar=False, progress=lambda done, total: seen.append((done, total)),
+        **text_kwargs(num_frames=2, num_inference_steps=2, output_type="latent"))
+    assert seen == [(1, 2), (2, 2)]
+
+
+def test_text_bad_input_fails_before_denoising(text_to_video):
+    with count_unet_calls(text_to_video) as calls:
+        with pytest.raises(TypeError, match="needs prompt= or prompt_embeds="):
+            ZeroSmooth(text_to_video)(progress_bar=False, num_frames=4)
+        with pytest.raises(ValueError, match=r"num_frames \(the base frame count\) must be an integer >= 1, got '4'"):
+            ZeroSmooth(text_to_video)(progress_bar=False, **text_kwargs(num_frames="4"))
+        with pytest.raises(ValueError, match=r"latents must be the longest stage's noise of shape \[1, 4, 16, 8, 8\]"):
+            ZeroSmooth(text_to_video, ZeroSmoothConfig(stages=3))(
+                progress_bar=False, latents=torch.zeros(1, 4, 8, 8, 8), **text_kwargs())
+        with pytest.raises(ValueError, match="output_type must be one of"):
+            ZeroSmooth(text_to_video)(progress_bar=False, **text_kwargs(output_type="mp4"))
+    assert calls[0] == 0

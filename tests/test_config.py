@@ -1,0 +1,82 @@
+"""ZeroSmoothConfig: defaults, validation with errors naming field, value and expectation."""
+
+import dataclasses
+
+import pytest
+
+from zerosmooth import ZeroSmoothConfig
+
+
+def test_defaults_follow_the_spec():
+    config = ZeroSmoothConfig()
+    assert (config.scale, config.stages, config.strength, config.kv_left_probability) == (2, 2, 0.8, 0.5)
+    assert config.window is None and config.overlap is None
+    assert config.strength_schedule == "timestep" and config.weighting == "pyramid"
+    assert config.color_correction is False and config.method == "zerosmooth"
+    assert config.temporal_windows_for(16) == (16, 8)
+    assert config.temporal_windows_for(14) == (14, 7)
+    assert config.frame_counts(14) == [14, 28]
+
+
+def test_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ZeroSmoothConfig().scale = 3
+
+
+def test_frame_counts_and_windows():
+    assert ZeroSmoothConfig(scale=3, stages=3).frame_counts(4) == [4, 12, 36]
+    assert ZeroSmoothConfig(stages=1).frame_counts(4) == [4]
+    assert ZeroSmoothConfig(window=6, overlap=2).temporal_windows_for(8) == (6, 4)
+    assert ZeroSmoothConfig(window=5).temporal_windows_for(8) == (5, 3)
+
+
+@pytest.mark.parametrize(
+    "field, value, expectation",
+    [
+        ("scale", 1, "integer >= 2"),
+        ("scale", 2.5, "integer >= 2"),
+        ("scale", True, "integer >= 2"),
+        ("stages", 0, "integer >= 1"),
+        ("window", 0, "integer >= 1 or None"),
+        ("overlap", -1, "integer >= 0 or None"),
+        ("strength", 1.5, "[0, 1]"),
+        ("strength", float("nan"), "[0, 1]"),
+        ("kv_left_probability", -0.1, "[0, 1]"),
+        ("strength_schedule", "linear", "'timestep', 'progress', 'constant'"),
+        ("kv_kind", "box_left", "'box', 'sample'"),
+        ("method", "freenoise", "'zerosmooth', 'direct', 'latent_ddnm'"),
+        ("weighting", "gauss", "'pyramid', 'flat'"),
+        ("backend", "cuda", "'auto', 'torch', 'triton', 'reference'"),
+        ("color_correction", 1, "True or False"),
+        ("seed", -1, "integer >= 0"),
+    ],
+)
+def test_bad_values_name_field_value_and_expectation(field, value, expectation):
+    with pytest.raises(ValueError) as error:
+        ZeroSmoothConfig(**{field: value})
+    message = str(error.value)
+    assert f"ZeroSmoothConfig.{field}" in message and repr(value) in message and expectation in message
+
+
+def test_overlap_must_be_below_window():
+    with pytest.raises(ValueError, match=r"overlap must be smaller than window=4, got 4"):
+        ZeroSmoothConfig(window=4, overlap=4)
+    with pytest.raises(ValueError, match=r"overlap must be smaller than the window 4, got 5"):
+        ZeroSmoothConfig(overlap=5).temporal_windows_for(4)
+
+
+def test_window_may_not_exceed_the_base_frames():
+    with pytest.raises(ValueError, match=r"window must not exceed the base frame count num_frames=4.*got window=5"):
+        ZeroSmoothConfig(window=5).temporal_windows_for(4)
+
+
+def test_blend_weight_schedules():
+    timestep = ZeroSmoothConfig()
+    assert timestep.blend_weight(0, 10, 999, 999.0) == pytest.approx(0.8)
+    assert timestep.blend_weight(5, 10, 499.5, 999.0) == pytest.approx(0.4)
+    # Without training timesteps (SVD's EDM Euler) the schedule falls back to progress.
+    assert timestep.blend_weight(5, 10, 0.3, None) == pytest.approx(0.4)
+    progress = ZeroSmoothConfig(strength_schedule="progress", strength=1.0)
+    assert [progress.blend_weight(k, 4, 0, 999.0) for k in range(4)] == [1.0, 0.75, 0.5, 0.25]
+    constant = ZeroSmoothConfig(strength_schedule="constant", strength=0.3)
+    assert constant.blend_weight(7, 10, 5, 999.0) == 0.3
