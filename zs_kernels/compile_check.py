@@ -9,7 +9,9 @@ an A100 grants one block. This is how we know the kernels build and fit on real 
 
 Each kernel module in :data:`KERNEL_MODULES` provides ``aot_configurations(dtype)`` yielding
 :class:`KernelConfiguration` objects: the ``@triton.jit`` function, a label, the signature and
-constexprs it is launched with, and the compile options (``num_warps``, ``num_stages``).
+constexprs it is launched with, the compile options (``num_warps``, ``num_stages``), and the
+arguments a launch guarantees to be multiples of 16 (``divisible_by_16``: what Triton's JIT
+specialises on when it sees aligned pointers and sizes; empty means the unspecialised worst case).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class KernelConfiguration:
     constexprs: dict
     num_warps: int = 4
     num_stages: int = 2
+    divisible_by_16: tuple = ()
 
 
 @dataclasses.dataclass
@@ -80,7 +83,11 @@ def compile_configuration(kernel: str, configuration: KernelConfiguration, arch:
     from triton.compiler import ASTSource
 
     build = Build(kernel, configuration.label, arch, dtype)
-    source = ASTSource(configuration.function, signature=configuration.signature, constexprs=configuration.constexprs)
+    arg_names = configuration.function.arg_names
+    attrs = {(arg_names.index(name),): [["tt.divisibility", 16]] for name in configuration.divisible_by_16}
+    source = ASTSource(
+        configuration.function, signature=configuration.signature, constexprs=configuration.constexprs, attrs=attrs
+    )
     log = io.StringIO()
     try:
         with contextlib.redirect_stdout(log):
