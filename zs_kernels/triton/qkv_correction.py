@@ -1,0 +1,416 @@
+"""QKV projection fused with the back-projection correction (SPEC §3–4), one Triton launch.
+
+    qkv     = h · [W_q | W_k | W_v]ᵀ (+ bias)                       [B, t, L, 3·C_out]
+    qkv_hat = Q corrected with ``sample``, K and V with ``kv_kind``  [B, t, L, 3·C_out]
+
+against the key branch's projections ``key_qkv [B, t0, L, 3·C_out]``, ``t = n·t0``.
+
+Epilogue, not prologue
+----------------------
+Projection and frame mixing commute, so the correction can be applied to ``h`` before the GEMM
+(prologue) or to the projection tile after it (epilogue). The prologue needs the key branch's
+*inputs* and two corrected copies of ``h`` (``sample`` for Q, ``kv_kind`` for K/V), i.e. up to
+twice the GEMM work; the epilogue needs the key branch's *projections* (which the key branch
+computes anyway) and corrects the fp32 accumulator in registers. Bytes moved per (batch, token),
+C_out = C, t = 28, t0 = 14, in units of C elements (``bench/bench_qkv_correction.py`` prints the
+full table):
+
+    unfused (2 corrections materialised, 6 projections)   2·(t + t0 + t) + 6·(t + t)   = 476
+    this kernel: read h, key_qkv once; write qkv, qkv_hat  t + 3·t0 + 2·3·t            = 238
+
+so the fused kernel moves 0.50× the unfused bytes (weights, ≤ 9.8 MB, are L2-resident and add
+< 0.3 % at SVD sizes) and equals the fused minimum: no element is read or written twice.
+
+Tiling: frame groups × tokens on the M axis
+-------------------------------------------
+The box correction of a projection element needs the mean over the frames of its box, so a
+program's M tile holds whole boxes: ``BLOCK_M = SLOTS · BLOCK_L`` rows, row ``r`` being frame
+``first + r // BLOCK_L`` of one *frame group* and token ``l0 + r % BLOCK_L``. A group is the run
+of ``n`` frames ``n·g − offset … n·g − offset + n − 1`` (``offset = n − 1`` for ``box_left``,
+else 0); frames outside ``[0, t)`` are masked, which yields exactly the operators' boxes:
+
+* ``box_right`` / ``sample``: groups ``g = 0 … t0−1`` are the boxes ``n·g … n·g + n − 1``;
+* ``box_left``: group 0 is frame 0 alone, groups ``1 … t0−1`` are ``n(g−1)+1 … n·g``, and group
+  ``t0`` holds the last ``n − 1`` frames, which belong to no box and stay uncorrected.
+
+The key frame ``n·g`` of every group is one row of it, so the ``sample`` correction of Q (and of
+K/V when ``kv_kind == "sample"``) is a per-row select, and a box correction is
+``acc + (y_g − mean_box(acc))`` with the mean a reduction over the ``SLOTS`` axis of the
+accumulator seen as ``[SLOTS, BLOCK_L, BLOCK_N]``. ``SLOTS = next_pow2(n)`` (capped at
+``BLOCK_M``): n = 2, 4 waste nothing, n = 3 leaves a quarter of the rows masked (no bytes, only
+tensor-core time; the kernel is memory-bound at these sizes). When ``n > BLOCK_M`` a group is
+processed in chunks of ``SLOTS`` frames: the first pass stores ``qkv`` and accumulates the box
+sum, the second re-reads this program's just-written ``qkv`` (L2-resident) to write ``qkv_hat``.
+
+Grid: one axis (axis 0, no 65,535 cap) over ``(batch, group, token block, column block)`` with the
+column block fastest, so the programs in flight share their ``h`` rows through L2 and ``h`` is read
+from DRAM once. The K loop accumulates in fp32 (fp32 inputs use IEEE products, like PyTorch's
+default); all offsets are int64.
+
+Configurations: :data:`CONFIGS` lists the shipped tiles; :func:`_select_config` prunes the ones
+that do not fit the problem and, on CUDA, times the survivors once per problem key (autotune).
+:func:`pinned_config` pins one for tests. :func:`aot_configurations` yields every shipped
+variant for :mod:`zs_kernels.compile_check`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import layout
+from ..compile_check import KernelConfiguration
+
+_KV_KIND_OFFSET = {"sample": 0, "box_left": 1, "box_right": 0}  # 1: groups shifted by n - 1 frames
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One launch configuration: the M tile (``block_m`` = frame slots × tokens), N and K tiles."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+    @property
+    def label(self) -> str:
+        return f"m{self.block_m}_n{self.block_n}_k{self.block_k}_w{self.num_warps}_s{self.num_stages}"
+
+    def slots(self, scale: int) -> int:
+        """Frame slots per M tile: the group's frames rounded up to a power of two, ≤ ``MAX_SLOTS``."""
+        return min(triton.next_power_of_2(scale), MAX_SLOTS)
+
+
+# Every tl.dot dimension is ≥ 16 (NVIDIA's minimum); each list is ordered by preference.
+# Aligned launches — 16-byte aligned pointers, unit channel strides, channel counts and other
+# strides multiples of 16 (what Triton's JIT specialises on) — get vectorised, software-pipelined
+# loads and can afford large tiles.
+ALIGNED_CONFIGS = (
+    Config(128, 128, 32, 8, 3),
+    Config(64, 128, 32, 4, 3),
+    Config(64, 64, 64, 4, 3),
+)
+# Any other launch (odd channel counts, unaligned views) loads element by element, so its address
+# registers cap the tile size.
+GENERIC_CONFIGS = (
+    Config(64, 64, 32, 8, 2),
+    Config(32, 32, 32, 4, 2),
+)
+# Frame slots of one M tile: scales 2, 3–4, 5–8 fit one tile; larger scales run in chunks of 8 frames.
+MAX_SLOTS = 8
+
+_POINTER_ARGS = ("h_ptr", "w_ptr", "bias_ptr", "key_ptr", "qkv_ptr", "hat_ptr")
+_UNIT_STRIDE_ARGS = ("stride_hc", "stride_wc", "stride_kc")
+# Arguments an aligned launch guarantees to be multiples of 16 (bytes for pointers).
+_ALIGNED_ARGS = _POINTER_ARGS + (
+    "channels", "box_from", "columns", "stride_hb", "stride_ht", "stride_hl", "stride_wn",
+    "stride_kb", "stride_kt", "stride_kl", "stride_ob", "stride_ot", "stride_ol",
+)
+
+_pinned: Config | None = None
+_tuned: dict[tuple, Config] = {}
+
+
+@contextlib.contextmanager
+def pinned_config(config: Config):
+    """Run every launch inside the ``with`` block with ``config`` (tests, benchmarks)."""
+    global _pinned
+    previous, _pinned = _pinned, config
+    try:
+        yield
+    finally:
+        _pinned = previous
+
+
+@triton.jit
+def _project(
+    h_rows, row_ok, w_cols, bias_ptr, cols, col_ok, bias_columns, channels, stride_hc, stride_wc,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """fp32 ``[BLOCK_M, BLOCK_N]``: ``Σ_c h[row m, c] · w[cols[n], c] (+ bias[cols[n]])``.
+
+    ``h_rows`` ``[BLOCK_M]`` pointers to the rows' first channel, ``w_cols`` ``[BLOCK_N]`` pointers
+    to the weight rows of ``cols``; bias is added to columns below ``bias_columns`` (0: no bias).
+    Only these row/column pointers live through the loop; each step's tile addresses are transient.
+    """
+    ks = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, channels, BLOCK_K):
+        k = k0 + ks
+        k_ok = k < channels
+        a = tl.load(h_rows[:, None] + k.to(tl.int64)[None, :] * stride_hc, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(w_cols[None, :] + k.to(tl.int64)[:, None] * stride_wc, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
+    bias = tl.load(bias_ptr + cols, mask=cols < bias_columns, other=0.0)
+    return acc + bias.to(tl.float32)[None, :]
+
+
+@triton.jit
+def _per_row(x, SLOTS: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``[BLOCK_L, BLOCK_N]`` → ``[SLOTS·BLOCK_L, BLOCK_N]``: row ``s·BLOCK_L + l`` holds ``x[l]``."""
+    return tl.reshape(tl.broadcast_to(x[None, :, :], (SLOTS, BLOCK_L, BLOCK_N)), (SLOTS * BLOCK_L, BLOCK_N))
+
+
+@triton.jit
+def _slot_sum(x, SLOTS: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``[SLOTS·BLOCK_L, BLOCK_N]`` → ``[BLOCK_L, BLOCK_N]``: the sum over the frame slots."""
+    return tl.sum(tl.reshape(x, (SLOTS, BLOCK_L, BLOCK_N)), axis=0)
+
+
+@triton.jit
+def _shift(key_rows, key_ok, cols, col_ok, box_col, box_sum, box_count, has_key, stride_kc):
+    """``[BLOCK_L, BLOCK_N]`` fp32: ``y − mean_box`` in box columns (0 when the group is no box),
+    ``y`` itself in ``sample`` columns, with ``y`` the key projection (``key_rows`` ``[BLOCK_L]``
+    pointers). Loaded only now, after the projection, so it does not occupy registers in the loop.
+    """
+    y = tl.load(key_rows[:, None] + cols.to(tl.int64)[None, :] * stride_kc, mask=key_ok[:, None] & col_ok[None, :], other=0.0)
+    y = y.to(tl.float32)
+    return tl.where(box_col[None, :], tl.where(has_key, y - box_sum / box_count, 0.0), y)
+
+
+@triton.jit
+def _correct(value, shift, is_key_row, box_col, SLOTS: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Corrected ``[BLOCK_M, BLOCK_N]`` tile from the projection tile ``value`` and :func:`_shift`:
+    box columns move by the shift, ``sample`` columns take ``y`` on the key frame's rows."""
+    shift = _per_row(shift, SLOTS, BLOCK_L, BLOCK_N)
+    return tl.where(box_col[None, :], value + shift, tl.where(is_key_row[:, None], shift, value))
+
+
+@triton.jit
+def qkv_correction_kernel(
+    h_ptr, w_ptr, bias_ptr, key_ptr, qkv_ptr, hat_ptr,
+    tokens, frames, key_frames, groups, channels, box_from, bias_columns, columns, scale, offset,
+    stride_hb, stride_ht, stride_hl, stride_hc,
+    stride_wn, stride_wc,
+    stride_kb, stride_kt, stride_kl, stride_kc,
+    stride_ob, stride_ot, stride_ol,
+    SINGLE_CHUNK: tl.constexpr, SLOTS: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """One program: frame group ``g`` of batch ``b``, tokens ``l0 … l0+BLOCK_L−1``, BLOCK_N columns.
+
+    ``h [B, t, L, C]``, ``w [3 C_out, C]``, ``bias [3 C_out]``, ``key [B, t0, L, 3 C_out]`` with any
+    strides; ``qkv``/``hat`` ``[B, t, L, 3 C_out]`` with unit column stride and shared strides.
+    ``offset`` is 1 for ``box_left`` groups (shifted by ``scale − 1`` frames); columns from
+    ``box_from`` on (K and V, or none) use the box operator, the others ``sample``; columns below
+    ``bias_columns`` (all, or none) get the bias.
+    """
+    BLOCK_M: tl.constexpr = SLOTS * BLOCK_L
+    pid = tl.program_id(0)
+    column_blocks = tl.cdiv(columns, BLOCK_N)
+    token_blocks = tl.cdiv(tokens, BLOCK_L)
+    col_block = pid % column_blocks
+    rest = pid // column_blocks
+    token_block = rest % token_blocks
+    rest = rest // token_blocks
+    group = rest % groups
+    batch = rest // groups
+
+    first = scale * group - offset * (scale - 1)
+    box_count = (tl.minimum(first + scale, frames) - tl.maximum(first, 0)).to(tl.float32)
+    # Only groups below key_frames are boxes (box_left's last group is not). The interpreter
+    # rejects masks mixing scalar and tensor booleans, hence a token bound instead of `& has_key`.
+    has_key = group < key_frames
+    key_frame = scale * group
+
+    cols = col_block * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < columns
+    box_col = cols >= box_from
+    w_cols = w_ptr + cols.to(tl.int64) * stride_wn
+    tok = token_block * BLOCK_L + tl.arange(0, BLOCK_L)
+    key_ok = tok < tl.where(has_key, tokens, 0)
+    key_rows = key_ptr + (batch.to(tl.int64) * stride_kb + group.to(tl.int64) * stride_kt + tok.to(tl.int64) * stride_kl)
+
+    # Rows of the M tile: slot-major, r = slot·BLOCK_L + token. Row offsets are int64 [BLOCK_M]
+    # vectors; columns are added at each access, so no int64 [BLOCK_M, BLOCK_N] tensor stays live.
+    rows = tl.arange(0, BLOCK_M)
+    row_slot = rows // BLOCK_L
+    row_tok = token_block * BLOCK_L + rows % BLOCK_L
+    row_tok_ok = row_tok < tokens
+    h_base = batch.to(tl.int64) * stride_hb + row_tok.to(tl.int64) * stride_hl
+    out_base = batch.to(tl.int64) * stride_ob + row_tok.to(tl.int64) * stride_ol
+
+    if SINGLE_CHUNK:
+        row_frame = first + row_slot
+        row_ok = (row_slot < scale) & (row_frame >= 0) & (row_frame < frames) & row_tok_ok
+        acc = _project(
+            h_ptr + (h_base + row_frame.to(tl.int64) * stride_ht), row_ok, w_cols, bias_ptr, cols, col_ok,
+            bias_columns, channels, stride_hc, stride_wc, BLOCK_M, BLOCK_N, BLOCK_K, DOT_PRECISION,
+        )
+        out_rows = out_base + row_frame.to(tl.int64) * stride_ot
+        out_ok = row_ok[:, None] & col_ok[None, :]
+        tl.store((qkv_ptr + out_rows)[:, None] + cols[None, :], acc.to(qkv_ptr.dtype.element_ty), mask=out_ok)
+        box_sum = _slot_sum(tl.where(row_ok[:, None], acc, 0.0), SLOTS, BLOCK_L, BLOCK_N)
+        shift = _shift(key_rows, key_ok, cols, col_ok, box_col, box_sum, box_count, has_key, stride_kc)
+        hat = _correct(acc, shift, row_frame == key_frame, box_col, SLOTS, BLOCK_L, BLOCK_N)
+        tl.store((hat_ptr + out_rows)[:, None] + cols[None, :], hat.to(hat_ptr.dtype.element_ty), mask=out_ok)
+    else:
+        # The group spans several M tiles: store qkv while summing the box, then correct it.
+        box_sum = tl.zeros((BLOCK_L, BLOCK_N), dtype=tl.float32)
+        for chunk_first in range(first, first + scale, SLOTS):
+            row_frame = chunk_first + row_slot
+            row_ok = (row_frame < first + scale) & (row_frame >= 0) & (row_frame < frames) & row_tok_ok
+            acc = _project(
+                h_ptr + (h_base + row_frame.to(tl.int64) * stride_ht), row_ok, w_cols, bias_ptr, cols, col_ok,
+                bias_columns, channels, stride_hc, stride_wc, BLOCK_M, BLOCK_N, BLOCK_K, DOT_PRECISION,
+            )
+            out_rows = out_base + row_frame.to(tl.int64) * stride_ot
+            tl.store(
+                (qkv_ptr + out_rows)[:, None] + cols[None, :], acc.to(qkv_ptr.dtype.element_ty),
+                mask=row_ok[:, None] & col_ok[None, :],
+            )
+            box_sum += _slot_sum(tl.where(row_ok[:, None], acc, 0.0), SLOTS, BLOCK_L, BLOCK_N)
+        shift = _shift(key_rows, key_ok, cols, col_ok, box_col, box_sum, box_count, has_key, stride_kc)
+        # Make this program's qkv stores visible to all of its threads' loads below.
+        tl.debug_barrier()
+        for chunk_first in range(first, first + scale, SLOTS):
+            row_frame = chunk_first + row_slot
+            row_ok = (row_frame < first + scale) & (row_frame >= 0) & (row_frame < frames) & row_tok_ok
+            out_rows = out_base + row_frame.to(tl.int64) * stride_ot
+            out_ok = row_ok[:, None] & col_ok[None, :]
+            value = tl.load((qkv_ptr + out_rows)[:, None] + cols[None, :], mask=out_ok, other=0.0).to(tl.float32)
+            hat = _correct(value, shift, row_frame == key_frame, box_col, SLOTS, BLOCK_L, BLOCK_N)
+            tl.store((hat_ptr + out_rows)[:, None] + cols[None, :], hat.to(hat_ptr.dtype.element_ty), mask=out_ok)
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # fp32 inputs: IEEE products like torch's default (allow_tf32 = False); ignored for 16-bit inputs.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _fits(config: Config, scale: int, tokens: int, channels: int, columns: int) -> bool:
+    """Whether no tile dimension exceeds the problem's (rounded up to 32): bigger tiles only add masked work."""
+    block_l = config.block_m // config.slots(scale)
+    return (
+        config.block_n <= max(32, triton.next_power_of_2(columns))
+        and config.block_k <= max(32, triton.next_power_of_2(channels))
+        and block_l <= max(32 // config.slots(scale), triton.next_power_of_2(tokens))
+    )
+
+
+def _arguments(h, key_qkv, weight, bias, scale: int, kv_kind: str, qkv, hat) -> dict:
+    """The kernel's runtime arguments by name (see :func:`qkv_correction_kernel`)."""
+    batch, frames, tokens, channels = h.shape
+    columns = weight.shape[0]
+    offset = _KV_KIND_OFFSET[kv_kind]
+    strides = {
+        "stride_hb": h.stride(0), "stride_ht": h.stride(1), "stride_hl": h.stride(2), "stride_hc": h.stride(3),
+        "stride_wn": weight.stride(0), "stride_wc": weight.stride(1),
+        "stride_kb": key_qkv.stride(0), "stride_kt": key_qkv.stride(1), "stride_kl": key_qkv.stride(2),
+        "stride_kc": key_qkv.stride(3),
+        "stride_ob": qkv.stride(0), "stride_ot": qkv.stride(1), "stride_ol": qkv.stride(2),
+    }
+    return {
+        "h_ptr": h, "w_ptr": weight, "bias_ptr": weight if bias is None else bias, "key_ptr": key_qkv,
+        "qkv_ptr": qkv, "hat_ptr": hat,
+        "tokens": tokens, "frames": frames, "key_frames": frames // scale, "groups": frames // scale + offset,
+        "channels": channels, "box_from": columns if kv_kind == "sample" else columns // 3,
+        "bias_columns": 0 if bias is None else columns, "columns": columns,
+        "scale": scale, "offset": offset, **strides,
+    }
+
+
+def _aligned(arguments: dict) -> bool:
+    """Whether a launch meets the alignment the :data:`ALIGNED_CONFIGS` variants are built for."""
+    return all(arguments[name] == 1 for name in _UNIT_STRIDE_ARGS) and all(
+        (arguments[name].data_ptr() if name in _POINTER_ARGS else arguments[name]) % 16 == 0
+        for name in _ALIGNED_ARGS
+    )
+
+
+def _launch(config: Config, arguments: dict) -> None:
+    scale, tokens, columns = arguments["scale"], arguments["tokens"], arguments["columns"]
+    slots = config.slots(scale)
+    block_l = config.block_m // slots
+    batch = arguments["h_ptr"].shape[0]
+    grid = (batch * arguments["groups"] * triton.cdiv(tokens, block_l) * triton.cdiv(columns, config.block_n),)
+    if grid[0] == 0:
+        return
+    qkv_correction_kernel[grid](
+        **arguments,
+        SINGLE_CHUNK=slots >= scale,
+        SLOTS=slots,
+        BLOCK_L=block_l,
+        BLOCK_N=config.block_n,
+        BLOCK_K=config.block_k,
+        DOT_PRECISION=_dot_precision(arguments["h_ptr"].dtype),
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
+
+
+def _select_config(arguments: dict) -> Config:
+    """The pinned configuration, else the best of the pruned candidates for this launch's
+    alignment: the first on the interpreter, the fastest (timed once per problem key) on CUDA."""
+    if _pinned is not None:
+        return _pinned
+    h = arguments["h_ptr"]
+    family = ALIGNED_CONFIGS if _aligned(arguments) else GENERIC_CONFIGS
+    sizes = (arguments["scale"], arguments["tokens"], arguments["channels"], arguments["columns"])
+    candidates = [config for config in family if _fits(config, *sizes)] or [family[-1]]
+    if len(candidates) == 1 or not h.is_cuda:
+        return candidates[0]
+    key = (h.dtype, family, h.shape[0], arguments["groups"], arguments["box_from"], arguments["bias_columns"], *sizes)
+    if key not in _tuned:
+        timings = {
+            config: triton.testing.do_bench(lambda config=config: _launch(config, arguments))
+            for config in candidates
+        }
+        _tuned[key] = min(timings, key=timings.get)
+    return _tuned[key]
+
+
+def corrected_qkv(h, key_qkv, weight, bias, scale: int, kv_kind: str):
+    """Fused projection and correction; arguments validated by :func:`zs_kernels.corrected_qkv`.
+
+    Args:
+        h: ``[B, t, L, C]`` any strides; key_qkv: ``[B, t / scale, L, 3 C_out]``;
+        weight: ``[3 C_out, C]``; bias: ``[3 C_out]`` or None; all one dtype and device.
+        scale: integer ``n >= 2``; kv_kind: ``"sample" | "box_left" | "box_right"``.
+
+    Returns:
+        ``(qkv, qkv_hat)``, each ``[B, t, L, 3 C_out]`` laid out in ``h``'s memory order
+        (:func:`zs_kernels.layout.empty_projection`).
+    """
+    qkv = layout.empty_projection(h, weight.shape[0])
+    hat = layout.empty_projection(h, weight.shape[0])
+    arguments = _arguments(h, key_qkv, weight, bias, scale, kv_kind, qkv, hat)
+    _launch(_select_config(arguments), arguments)
+    return qkv, hat
+
+
+def aot_configurations(dtype: str):
+    """Every shipped variant: each tile config × (one-tile groups of 2, 4, 8 frame slots, chunked
+    groups of 8 slots). :data:`ALIGNED_CONFIGS` are built with the alignment their launches
+    guarantee (unit channel strides, :data:`_ALIGNED_ARGS` multiples of 16); :data:`GENERIC_CONFIGS`
+    with plain ``i32`` integers and no specialisation, the worst case."""
+    precision = "ieee" if dtype == "fp32" else "tf32"
+    for family in (ALIGNED_CONFIGS, GENERIC_CONFIGS):
+        aligned = family is ALIGNED_CONFIGS
+        signature, unit_strides = {}, {}
+        for name in qkv_correction_kernel.arg_names:
+            if name in _POINTER_ARGS:
+                signature[name] = f"*{dtype}"
+            elif name.isupper() or (aligned and name in _UNIT_STRIDE_ARGS):
+                signature[name] = "constexpr"
+            else:
+                signature[name] = "i32"
+            if aligned and name in _UNIT_STRIDE_ARGS:
+                unit_strides[name] = 1
+        for config in family:
+            for slots, single_chunk in ((2, True), (4, True), (MAX_SLOTS, True), (MAX_SLOTS, False)):
+                constexprs = {
+                    **unit_strides, "SINGLE_CHUNK": single_chunk, "SLOTS": slots, "BLOCK_L": config.block_m // slots,
+                    "BLOCK_N": config.block_n, "BLOCK_K": config.block_k, "DOT_PRECISION": precision,
+                }
+                label = f"{'aligned' if aligned else 'generic'}_{config.label}_slots{slots}{'' if single_chunk else '_chunked'}"
+                yield KernelConfiguration(
+                    qkv_correction_kernel, label, signature, constexprs, config.num_warps, config.num_stages,
+                    divisible_by_16=_ALIGNED_ARGS if aligned else (),
+                )
