@@ -1,6 +1,8 @@
 """Processors and hooks: the corrected path really runs, positions are interpolated, the fractional
 PE reproduces diffusers' buffer, the key-state cache drops what it hands out."""
 
+import math
+
 import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
@@ -30,9 +32,11 @@ def test_fractional_pe_is_bit_identical_at_integer_positions(dim, length):
     buffer = SinusoidalPositionalEmbedding(dim, max_seq_length=length).pe[0]
     table = sinusoidal_embedding(torch.arange(length, dtype=torch.float32), dim)
     assert torch.equal(table, buffer)
-    # Half positions sit between their neighbours on the same sinusoids.
+    # Fractional positions follow the same sinusoids.
     half = sinusoidal_embedding(torch.tensor([2.5]), dim)[0]
-    assert torch.allclose(half[0::2], torch.sin(2.5 * torch.exp(torch.arange(0, dim, 2) * (-torch.log(torch.tensor(1e4)) / dim))))
+    div_term = torch.exp(torch.arange(0, dim, 2) * (-math.log(10000.0) / dim))
+    assert torch.allclose(half[0::2], torch.sin(2.5 * div_term))
+    assert torch.allclose(half[1::2], torch.cos(2.5 * div_term))
 
 
 def test_pe_hook_interpolates_and_runs_beyond_max_seq_length():
@@ -143,7 +147,8 @@ def test_unsupported_pipeline_is_a_type_error_naming_the_supported_ones():
     pipe = DDPMPipeline(UNet2DModel(sample_size=8, block_out_channels=(32, 32), norm_num_groups=8,
                                     down_block_types=("DownBlock2D", "DownBlock2D"),
                                     up_block_types=("UpBlock2D", "UpBlock2D")), DDPMScheduler())
-    with pytest.raises(TypeError, match=r"StableVideoDiffusionPipeline, AnimateDiffPipeline, TextToVideoSDPipeline; got DDPMPipeline"):
+    supported = "StableVideoDiffusionPipeline, AnimateDiffPipeline, TextToVideoSDPipeline; got DDPMPipeline"
+    with pytest.raises(TypeError, match=supported):
         ZeroSmooth(pipe)
     with pytest.raises(TypeError, match="config must be a ZeroSmoothConfig"):
         ZeroSmooth(tiny_text_to_video_pipeline(0), {"scale": 2})

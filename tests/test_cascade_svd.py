@@ -84,6 +84,8 @@ def test_enable_disable_restores_the_pipeline(pipe):
         assert any(hasattr(module, "_diffusers_hook") for module in pipe.unet.modules())
         # While enabled, a direct pipeline call runs the original processors.
         assert torch.equal(frames(pipe(generator=generator(2), **svd_kwargs(num_inference_steps=1))), reference)
+        with pytest.raises(RuntimeError, match="another ZeroSmooth wrapper is enabled"):
+            ZeroSmooth(pipe).enable()
     assert not zerosmooth.enabled
     assert dict(pipe.unet.attn_processors) == originals
     assert not any(hasattr(module, "_diffusers_hook") or "forward" in vars(module) for module in pipe.unet.modules())

@@ -69,7 +69,8 @@ def test_text_to_video_ddim_eta1_shares_per_step_noise(text_to_video):
 def test_direct_baseline_is_the_plain_model_at_every_frame_count(text_to_video):
     out = ZeroSmooth(text_to_video, ZeroSmoothConfig(method="direct"))(
         generator=generator(4), progress_bar=False, **text_kwargs(num_inference_steps=1))
-    plain = frames(text_to_video(generator=generator(4), latents=out.noise, **text_kwargs(num_frames=8, num_inference_steps=1)))
+    direct_kwargs = text_kwargs(num_frames=8, num_inference_steps=1)
+    plain = frames(text_to_video(generator=generator(4), latents=out.noise, **direct_kwargs))
     assert torch.equal(plain, out.frames)
     assert out.key_state_peak_bytes == 0
 
@@ -83,6 +84,8 @@ def test_determinism_and_seeds(text_to_video):
     first = run(0)
     assert torch.equal(first, run(0))
     assert not torch.allclose(first, run(1))
+    # The config's seed drives the spatial K/V operator draws.
+    assert not torch.equal(first, run(0, config_seed=1))
 
 
 def test_color_correction_matches_key_frame_statistics(text_to_video):

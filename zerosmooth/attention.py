@@ -280,5 +280,6 @@ def _stacked_projection(attn) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     weight = torch.cat([layer.weight for layer in layers])
     if all(layer.bias is None for layer in layers):
         return weight, None
-    bias = torch.cat([layer.weight.new_zeros(layer.out_features) if layer.bias is None else layer.bias for layer in layers])
+    biases = [layer.weight.new_zeros(layer.out_features) if layer.bias is None else layer.bias for layer in layers]
+    bias = torch.cat(biases)
     return weight, bias

@@ -96,6 +96,8 @@ class ZeroSmooth:
         if self.enabled:
             return self
         modules = self.adapter.attention_modules()
+        if any(isinstance(module.processor, ZeroSmoothAttnProcessor) for _, module, _ in modules):
+            raise RuntimeError("another ZeroSmooth wrapper is enabled on this pipeline; disable it first")
         self._originals = {}
         for name, module, axis in modules:
             self._originals[name] = (module, module.processor)

@@ -59,8 +59,8 @@ class Stage:
 
 class Adapter:
     """Base class: subclasses set ``pipeline_class_names`` and ``latent_frame_dim`` and implement
-    :meth:`attention_axis`, :meth:`parse`, :meth:`encode`, :meth:`latent_shape`, :meth:`new_stage`, :meth:`model_output` and
-    :meth:`decode`; :meth:`position_hooks` and :meth:`scheduler_step` have defaults.
+    :meth:`attention_axis`, :meth:`parse`, :meth:`encode`, :meth:`latent_shape`, :meth:`new_stage`,
+    :meth:`model_output` and :meth:`decode`; :meth:`position_hooks` and :meth:`scheduler_step` have defaults.
     """
 
     pipeline_class_names: tuple[str, ...] = ()

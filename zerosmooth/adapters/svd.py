@@ -135,7 +135,9 @@ class SVDAdapter(Adapter):
 
     def new_scheduler(self, call: Call):
         scheduler = copy.deepcopy(self.pipe.scheduler)
-        timesteps, _ = retrieve_timesteps(scheduler, call.num_inference_steps, call.device, None, call.options["sigmas"])
+        timesteps, _ = retrieve_timesteps(
+            scheduler, call.num_inference_steps, call.device, None, call.options["sigmas"]
+        )
         return scheduler, timesteps
 
     def new_stage(self, call: Call, index: int, num_frames: int, frame_rate_factor: int) -> Stage:
