@@ -141,7 +141,9 @@ def test_matches_unfused_math(kind, dtype):
 def test_temporal_layout_equals_spatial(kind):
     """The same logical input as a temporal view and as a spatial view gives identical numbers."""
     scale, key_frames, tokens = 2, 3, 7
-    spatial, h_key, weight, bias = make_inputs(2, key_frames, scale, tokens, 20, 12, torch.float32, temporal=False, bias=True)
+    spatial, h_key, weight, bias = make_inputs(
+        2, key_frames, scale, tokens, 20, 12, torch.float32, temporal=False, bias=True
+    )
     temporal = spatial.permute(0, 2, 1, 3).contiguous().view(2 * tokens, scale * key_frames, 20)
     temporal = temporal.view(2, tokens, scale * key_frames, 20).permute(0, 2, 1, 3)
     assert torch.equal(temporal, spatial) and temporal.stride() != spatial.stride()
@@ -154,7 +156,9 @@ def test_temporal_layout_equals_spatial(kind):
     assert from_temporal[0].stride() == layout.empty_projection(temporal, 36).stride()
 
 
-@pytest.mark.parametrize("config", qkv_correction.ALIGNED_CONFIGS + qkv_correction.GENERIC_CONFIGS, ids=lambda c: c.label)
+@pytest.mark.parametrize(
+    "config", qkv_correction.ALIGNED_CONFIGS + qkv_correction.GENERIC_CONFIGS, ids=lambda config: config.label
+)
 def test_every_shipped_config(config):
     """Each tile configuration computes the right numbers (one case each, pinned)."""
     scale, key_frames, kind = 3, 2, "box_left"

@@ -8,18 +8,23 @@ against the key branch's projections ``key_qkv [B, t0, L, 3·C_out]``, ``t = n·
 Epilogue, not prologue
 ----------------------
 Projection and frame mixing commute, so the correction can be applied to ``h`` before the GEMM
-(prologue) or to the projection tile after it (epilogue). The prologue needs the key branch's
-*inputs* and two corrected copies of ``h`` (``sample`` for Q, ``kv_kind`` for K/V), i.e. up to
-twice the GEMM work; the epilogue needs the key branch's *projections* (which the key branch
-computes anyway) and corrects the fp32 accumulator in registers. Bytes moved per (batch, token),
-C_out = C, t = 28, t0 = 14, in units of C elements (``bench/bench_qkv_correction.py`` prints the
-full table):
+(prologue, with the key branch's *inputs* ``h_key [B, t0, L, C]``) or to the fp32 accumulator
+after it (epilogue, with the key branch's *projections*, which it computes anyway). Bytes moved per
+(batch, token) in units of C elements, C_out = C, t = 28, t0 = 14 (SVD 2×), and GEMM work relative
+to one projection of ``h``:
 
-    unfused (2 corrections materialised, 6 projections)   2·(t + t0 + t) + 6·(t + t)   = 476
-    this kernel: read h, key_qkv once; write qkv, qkv_hat  t + 3·t0 + 2·3·t            = 238
+    unfused: 2 corrections materialised + 6 projections   2·(t + t0 + t) + 6·(t + t) = 476   2×
+    prologue: read h, h_key; write qkv, qkv_hat          t + t0 + 2·3t             = 210   1.83×
+    epilogue (this kernel): read h, key_qkv; write both  t + 3·t0 + 2·3t           = 238   1×
 
-so the fused kernel moves 0.50× the unfused bytes (weights, ≤ 9.8 MB, are L2-resident and add
-< 0.3 % at SVD sizes) and equals the fused minimum: no element is read or written twice.
+The prologue saves 12 % of the bytes but must project the corrected inputs too (K̂, V̂ differ from
+K, V in every frame; Q̂ only in key frames): 1.83× the tensor-core work. The epilogue's arithmetic
+intensity (fp16) is 3·t·C / 238 ≈ 0.35·C FLOP/byte — 113, 226, 452 at C = 320, 640, 1280 —
+against a ridge of ≈ 150 (A100) and ≈ 295 (H100) FLOP/byte, so levels with C ≥ 640 are already
+compute-bound, where 1.83× the work would cost up to 1.83× the time. Hence the epilogue: 0.50× the
+unfused bytes (goal ≤ 0.6) and exactly the fused minimum — no element is read from or written to
+DRAM twice (weights, ≤ 9.8 MB, stay in L2). ``pytest bench/bench_qkv_correction.py -s`` prints the
+full table at SVD sizes (e.g. level 0, B = 2, fp16: 2808 MB vs 5616 MB unfused).
 
 Tiling: frame groups × tokens on the M axis
 -------------------------------------------
@@ -36,21 +41,25 @@ else 0); frames outside ``[0, t)`` are masked, which yields exactly the operator
 The key frame ``n·g`` of every group is one row of it, so the ``sample`` correction of Q (and of
 K/V when ``kv_kind == "sample"``) is a per-row select, and a box correction is
 ``acc + (y_g − mean_box(acc))`` with the mean a reduction over the ``SLOTS`` axis of the
-accumulator seen as ``[SLOTS, BLOCK_L, BLOCK_N]``. ``SLOTS = next_pow2(n)`` (capped at
-``BLOCK_M``): n = 2, 4 waste nothing, n = 3 leaves a quarter of the rows masked (no bytes, only
-tensor-core time; the kernel is memory-bound at these sizes). When ``n > BLOCK_M`` a group is
-processed in chunks of ``SLOTS`` frames: the first pass stores ``qkv`` and accumulates the box
-sum, the second re-reads this program's just-written ``qkv`` (L2-resident) to write ``qkv_hat``.
+accumulator seen as ``[SLOTS, BLOCK_L, BLOCK_N]`` (a register-only reshape). ``SLOTS =
+next_pow2(n)`` up to :data:`MAX_SLOTS` = 8: n = 2, 4, 8 waste nothing, n = 3 leaves a quarter of
+the rows masked (no bytes, only tensor-core time). For n > 8 a group is processed in chunks of 8
+frames: the first pass stores ``qkv`` and accumulates the box sum, the second re-reads this
+program's just-written ``qkv`` (L2-resident; 1× extra output read) to write ``qkv_hat``.
 
 Grid: one axis (axis 0, no 65,535 cap) over ``(batch, group, token block, column block)`` with the
 column block fastest, so the programs in flight share their ``h`` rows through L2 and ``h`` is read
 from DRAM once. The K loop accumulates in fp32 (fp32 inputs use IEEE products, like PyTorch's
-default); all offsets are int64.
+default); row offsets are int64, and only ``[BLOCK_M]``/``[BLOCK_N]`` pointer vectors live across
+the loop (per-element addresses are transient), which is what keeps the register count down.
 
-Configurations: :data:`CONFIGS` lists the shipped tiles; :func:`_select_config` prunes the ones
-that do not fit the problem and, on CUDA, times the survivors once per problem key (autotune).
-:func:`pinned_config` pins one for tests. :func:`aot_configurations` yields every shipped
-variant for :mod:`zs_kernels.compile_check`.
+Configurations: launches whose pointers are 16-byte aligned and whose channel counts and strides
+are multiples of 16 (C ∈ {320, 640, 1280} in either layout) use :data:`ALIGNED_CONFIGS` —
+vectorised, software-pipelined loads; all others (odd sizes, offset views) load element by element
+and use the smaller :data:`GENERIC_CONFIGS`. :func:`_select_config` prunes tiles larger than the
+problem and, on CUDA, times the survivors once per problem key (autotune); :func:`pinned_config`
+pins one for tests. :func:`aot_configurations` yields every shipped variant, built the way its
+launches are specialised, for :mod:`zs_kernels.compile_check`.
 """
 
 from __future__ import annotations
@@ -144,8 +153,9 @@ def _project(
     for k0 in range(0, channels, BLOCK_K):
         k = k0 + ks
         k_ok = k < channels
-        a = tl.load(h_rows[:, None] + k.to(tl.int64)[None, :] * stride_hc, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        w = tl.load(w_cols[None, :] + k.to(tl.int64)[:, None] * stride_wc, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        k_offsets = k.to(tl.int64)
+        a = tl.load(h_rows[:, None] + k_offsets[None, :] * stride_hc, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(w_cols[None, :] + k_offsets[:, None] * stride_wc, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
         acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
     bias = tl.load(bias_ptr + cols, mask=cols < bias_columns, other=0.0)
     return acc + bias.to(tl.float32)[None, :]
@@ -169,8 +179,8 @@ def _shift(key_rows, key_ok, cols, col_ok, box_col, box_sum, box_count, has_key,
     ``y`` itself in ``sample`` columns, with ``y`` the key projection (``key_rows`` ``[BLOCK_L]``
     pointers). Loaded only now, after the projection, so it does not occupy registers in the loop.
     """
-    y = tl.load(key_rows[:, None] + cols.to(tl.int64)[None, :] * stride_kc, mask=key_ok[:, None] & col_ok[None, :], other=0.0)
-    y = y.to(tl.float32)
+    y_ptrs = key_rows[:, None] + cols.to(tl.int64)[None, :] * stride_kc
+    y = tl.load(y_ptrs, mask=key_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
     return tl.where(box_col[None, :], tl.where(has_key, y - box_sum / box_count, 0.0), y)
 
 
@@ -225,7 +235,9 @@ def qkv_correction_kernel(
     w_cols = w_ptr + cols.to(tl.int64) * stride_wn
     tok = token_block * BLOCK_L + tl.arange(0, BLOCK_L)
     key_ok = tok < tl.where(has_key, tokens, 0)
-    key_rows = key_ptr + (batch.to(tl.int64) * stride_kb + group.to(tl.int64) * stride_kt + tok.to(tl.int64) * stride_kl)
+    key_rows = key_ptr + (
+        batch.to(tl.int64) * stride_kb + group.to(tl.int64) * stride_kt + tok.to(tl.int64) * stride_kl
+    )
 
     # Rows of the M tile: slot-major, r = slot·BLOCK_L + token. Row offsets are int64 [BLOCK_M]
     # vectors; columns are added at each access, so no int64 [BLOCK_M, BLOCK_N] tensor stays live.
@@ -356,7 +368,7 @@ def _select_config(arguments: dict) -> Config:
     candidates = [config for config in family if _fits(config, *sizes)] or [family[-1]]
     if len(candidates) == 1 or not h.is_cuda:
         return candidates[0]
-    key = (h.dtype, family, h.shape[0], arguments["groups"], arguments["box_from"], arguments["bias_columns"], *sizes)
+    key = (h.dtype, tuple(h.shape), h.stride(), family, *sizes, arguments["box_from"], arguments["bias_columns"])
     if key not in _tuned:
         timings = {
             config: triton.testing.do_bench(lambda config=config: _launch(config, arguments))
@@ -409,7 +421,8 @@ def aot_configurations(dtype: str):
                     **unit_strides, "SINGLE_CHUNK": single_chunk, "SLOTS": slots, "BLOCK_L": config.block_m // slots,
                     "BLOCK_N": config.block_n, "BLOCK_K": config.block_k, "DOT_PRECISION": precision,
                 }
-                label = f"{'aligned' if aligned else 'generic'}_{config.label}_slots{slots}{'' if single_chunk else '_chunked'}"
+                chunked = "" if single_chunk else "_chunked"
+                label = f"{'aligned' if aligned else 'generic'}_{config.label}_slots{slots}{chunked}"
                 yield KernelConfiguration(
                     qkv_correction_kernel, label, signature, constexprs, config.num_warps, config.num_stages,
                     divisible_by_16=_ALIGNED_ARGS if aligned else (),
