@@ -22,6 +22,8 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import zs_kernels
 from zs_kernels import layout, reference
@@ -201,6 +203,60 @@ def test_aligned_launches_use_the_aligned_configs():
     assert family(offset_h, weight, key_qkv) in qkv_correction.GENERIC_CONFIGS
     with qkv_correction.pinned_config(qkv_correction.GENERIC_CONFIGS[-1]):
         assert family(aligned_h, weight, key_qkv) == qkv_correction.GENERIC_CONFIGS[-1]
+
+
+@settings(
+    max_examples=8, deadline=None, derandomize=True, database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    kind=st.sampled_from(KINDS), scale=st.integers(2, 5), key_frames=st.integers(1, 4), tokens=st.integers(1, 9),
+    channels=st.integers(1, 40), c_out=st.integers(1, 12), temporal=st.booleans(), bias=st.booleans(),
+)
+def test_random_odd_sizes(kind, scale, key_frames, tokens, channels, c_out, temporal, bias):
+    """Any sizes, down to one token, one channel, one output column per projection."""
+    h, h_key, weight, bias = make_inputs(
+        2, key_frames, scale, tokens, channels, c_out, torch.float32, temporal=temporal, bias=bias
+    )
+    key_qkv = torch.randn(2, key_frames, tokens, 3 * c_out)
+    results = run_triton(h, key_qkv, weight, bias, scale, kind)
+    truths = reference.corrected_qkv(*as_double(h, key_qkv, weight, bias), scale=scale, kv_kind=kind)
+    baselines = reference.corrected_qkv(h, key_qkv, weight, bias, scale=scale, kv_kind=kind)
+    check_error(results, truths, baselines, torch.float32)
+
+
+@pytest.mark.parametrize("temporal", [False, True], ids=["spatial", "temporal"])
+def test_aligned_sizes_through_the_default_selection(temporal):
+    """C = 32, C_out = 16: the aligned family, chosen and pruned as in production, in float16."""
+    h, h_key, weight, bias = make_inputs(1, 3, 2, 16, 32, 16, torch.float16, temporal=temporal, bias=True)
+    key_qkv = key_projection(h_key, weight, bias)
+    out = layout.empty_projection(h, 48)
+    assert qkv_correction._aligned(qkv_correction._arguments(h, key_qkv, weight, bias, 2, "box_left", out, out))
+    results = run_triton(h, key_qkv, weight, bias, 2, "box_left")
+    truths = reference.corrected_qkv(*as_double(h, key_qkv, weight, bias), scale=2, kv_kind="box_left")
+    baselines = reference.corrected_qkv(h, key_qkv, weight, bias, scale=2, kv_kind="box_left")
+    check_error(results, truths, baselines, torch.float16)
+
+
+def test_autotune_times_each_candidate_once_per_problem(monkeypatch):
+    """The CUDA branch of the config choice, with a fake timer: fastest candidate wins, result cached."""
+    timed = []
+
+    def fake_do_bench(launch):
+        launch()
+        timed.append(launch)
+        return 0.5 if len(timed) == 2 else 1.0  # the second candidate is the fastest
+
+    monkeypatch.setattr(qkv_correction, "_can_time", lambda tensor: True)
+    monkeypatch.setattr(qkv_correction, "do_bench", fake_do_bench)
+    monkeypatch.setattr(qkv_correction, "_tuned", {})
+    h, h_key, weight, bias = make_inputs(1, 1, 2, 20, 40, 20, torch.float32, temporal=False, bias=False)
+    key_qkv = key_projection(h_key, weight, bias)
+    out = layout.empty_projection(h, 60)
+    arguments = qkv_correction._arguments(h, key_qkv, weight, bias, 2, "box_right", out, out)
+    assert qkv_correction._select_config(arguments) == qkv_correction.GENERIC_CONFIGS[1]
+    assert qkv_correction._select_config(arguments) == qkv_correction.GENERIC_CONFIGS[1]
+    assert len(timed) == len(qkv_correction.GENERIC_CONFIGS)
 
 
 def test_empty_problem_launches_nothing():

@@ -70,6 +70,7 @@ import dataclasses
 import torch
 import triton
 import triton.language as tl
+from triton.testing import do_bench
 
 from .. import layout
 from ..compile_check import KernelConfiguration
@@ -337,6 +338,7 @@ def _aligned(arguments: dict) -> bool:
 
 
 def _launch(config: Config, arguments: dict) -> None:
+    """Launch the kernel with ``config`` on one axis-0 program per (batch, group, token block, column block)."""
     scale, tokens, columns = arguments["scale"], arguments["tokens"], arguments["columns"]
     slots = config.slots(scale)
     block_l = config.block_m // slots
@@ -357,6 +359,11 @@ def _launch(config: Config, arguments: dict) -> None:
     )
 
 
+def _can_time(tensor: torch.Tensor) -> bool:
+    """Whether candidate configurations can be timed on ``tensor``'s device (not the interpreter)."""
+    return tensor.is_cuda
+
+
 def _select_config(arguments: dict) -> Config:
     """The pinned configuration, else the best of the pruned candidates for this launch's
     alignment: the first on the interpreter, the fastest (timed once per problem key) on CUDA."""
@@ -366,12 +373,12 @@ def _select_config(arguments: dict) -> Config:
     family = ALIGNED_CONFIGS if _aligned(arguments) else GENERIC_CONFIGS
     sizes = (arguments["scale"], arguments["tokens"], arguments["channels"], arguments["columns"])
     candidates = [config for config in family if _fits(config, *sizes)] or [family[-1]]
-    if len(candidates) == 1 or not h.is_cuda:
+    if len(candidates) == 1 or not _can_time(h):
         return candidates[0]
     key = (h.dtype, tuple(h.shape), h.stride(), family, *sizes, arguments["box_from"], arguments["bias_columns"])
     if key not in _tuned:
         timings = {
-            config: triton.testing.do_bench(lambda config=config: _launch(config, arguments))
+            config: do_bench(lambda config=config: _launch(config, arguments))
             for config in candidates
         }
         _tuned[key] = min(timings, key=timings.get)
