@@ -60,7 +60,7 @@ MAX_HEAD_DIM = 256
 MAX_WINDOW_LENGTH = 32
 # CUDA's limit on grid axis 0 (axes 1 and 2 are capped at 65,535 and are not used).
 MAX_GRID_X = 2**31 - 1
-_TRITON_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _LOG2_E = 1.4426950408889634
 
 
@@ -344,7 +344,7 @@ class Blocks:
 CANDIDATES = {
     (64, 16): {
         "plain": (Config(16), Config(32), Config(64, num_warps=8), Config(16, seqs_per_program=2, num_warps=8)),
-        "dual": (Config(16), Config(32, num_warps=8), Config(64, num_warps=8)),
+        "dual": (Config(16), Config(64, num_warps=8)),
         "rpe": (Config(16, num_warps=8),),
         "rpe+dual": (Config(16, num_warps=8),),
     },
@@ -450,7 +450,7 @@ def _autotuned_config(args: dict, num_frames: int, blocks: Blocks) -> Config:
     key = (num_frames, args["q_ptr"].dtype, blocks)
     if key not in _tuned:
         timings = {
-            config: triton.testing.do_bench(lambda: _launch(args, blocks, config), warmup=5, rep=20)
+            config: triton.testing.do_bench(lambda config=config: _launch(args, blocks, config), warmup=5, rep=20)
             for config in candidate_configs(num_frames, blocks)
         }
         _tuned[key] = min(timings, key=timings.get)
@@ -524,7 +524,7 @@ def windowed_attention(
         tables with ``D > 64`` or ``min(W, F) > 16``, or the dual pass with ``D > 128`` and
         ``min(W, F) > 16``. All point at ``backend="torch"``.
     """
-    if q.dtype not in _TRITON_DTYPES:
+    if q.dtype not in _SUPPORTED_DTYPES:
         raise TypeError(
             f"the Triton windowed attention supports float16, bfloat16 and float32, got {q.dtype}; "
             "use backend='torch' for float64"
@@ -628,9 +628,9 @@ def aot_configurations(dtype: str):
 
     All :data:`CANDIDATES` (per tile shape and feature set) × {aligned rows, unaligned}. RPE
     builds use ``BLOCK_R = 2·BLOCK_W``, the one relative tile the launcher uses with a window tile
-    (tables are clipped to ``2·(min(W, F) − 1) + 1`` rows). Integer arguments compile as plain ``i32`` and pointers without alignment hints,
-    so loads are scalar here: a worst case for registers compared to a real launch, whose
-    16-byte-aligned pointers let Triton vectorise them.
+    (tables are clipped to ``2·(min(W, F) − 1) + 1`` rows). Integer arguments compile as plain
+    ``i32`` and pointers without alignment hints, so loads are scalar here: a worst case for
+    registers compared to a real launch, whose 16-byte-aligned pointers let Triton vectorise them.
     """
     signature = _signature(dtype)
     vector = 4 if dtype == "fp32" else 8
