@@ -97,12 +97,14 @@ def test_color_correction_matches_key_frame_statistics(text_to_video):
     torch.testing.assert_close(long.std(dim=(-2, -1)), keys.std(dim=(-2, -1)), rtol=1e-4, atol=1e-4)
 
 
-def test_progress_reports_stages_times_steps(text_to_video):
+def test_progress_reports_stages_times_steps_and_pil_output(text_to_video):
     seen = []
-    ZeroSmooth(text_to_video, ZeroSmoothConfig(stages=1))(
+    out = ZeroSmooth(text_to_video, ZeroSmoothConfig(stages=1))(
         generator=generator(0), progress_bar=False, progress=lambda done, total: seen.append((done, total)),
-        **text_kwargs(num_frames=2, num_inference_steps=2, output_type="latent"))
+        **text_kwargs(num_frames=2, num_inference_steps=2, output_type="pil"))
     assert seen == [(1, 2), (2, 2)]
+    assert len(out.stages) == 1 and len(out.frames) == 1 and len(out.frames[0]) == 2
+    assert out.frames[0][0].size == (16, 16)
 
 
 def test_text_bad_input_fails_before_denoising(text_to_video):
