@@ -314,6 +314,15 @@ def test_unsupported_sizes_raise_clearly():
         zs_kernels.windowed_attention(double, double, double, window=4, stride=2, backend="triton")
 
 
+def test_unsupported_reason_lets_a_dispatcher_fall_back():
+    q = torch.randn(1, 1, 20, 80)
+    table = torch.randn(5, 80)
+    assert kernel.unsupported_reason(q, 16) is None
+    assert kernel.unsupported_reason(q, 16, corrected=(q, q, q)) is None
+    assert "relative tables" in kernel.unsupported_reason(q, 16, rel_k=table)
+    assert "float16" in kernel.unsupported_reason(q.double(), 16)
+
+
 def test_empty_batch():
     q = torch.randn(0, 2, 8, 16)
     assert zs_kernels.windowed_attention(q, q, q, window=4, stride=2, backend="triton").shape == q.shape

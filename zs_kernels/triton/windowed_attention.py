@@ -509,6 +509,33 @@ def _stride_args(**tensors) -> dict:
     return args
 
 
+def unsupported_reason(q, window, rel_k=None, rel_v=None, corrected=None) -> Optional[str]:
+    """Why this kernel cannot run a (validated) problem, or None if it can.
+
+    A dispatcher can call this to fall back to the torch path instead of raising.
+    """
+    if q.dtype not in _SUPPORTED_DTYPES:
+        return f"the Triton windowed attention supports float16, bfloat16 and float32, got {q.dtype}"
+    num_frames, head_dim = q.shape[-2:]
+    if head_dim > MAX_HEAD_DIM:
+        return f"head dim D={head_dim} exceeds the Triton kernel's largest supported {MAX_HEAD_DIM}"
+    length = min(window, num_frames)
+    if length > MAX_WINDOW_LENGTH:
+        return (
+            f"window length min(window={window}, F={num_frames}) = {length} exceeds the Triton kernel's "
+            f"largest supported {MAX_WINDOW_LENGTH}"
+        )
+    radius = 0 if rel_k is not None or rel_v is not None else -1
+    blocks = blocks_for(num_frames, head_dim, window, radius, corrected is not None, 1)
+    if not shipped_configs(blocks):
+        return (
+            f"the Triton kernel has no configuration for head dim D={head_dim}, window length {length} with "
+            f"{features(blocks)} (relative tables need D <= 64 and min(W, F) <= 16; the dual pass with "
+            "D > 128 needs min(W, F) <= 16)"
+        )
+    return None
+
+
 def windowed_attention(
     q, k, v, window, stride, weighting, scale, rel_k, rel_v, corrected, blend, *,
     config: Optional[Config] = None, autotune: bool = False,
@@ -524,22 +551,12 @@ def windowed_attention(
         tables with ``D > 64`` or ``min(W, F) > 16``, or the dual pass with ``D > 128`` and
         ``min(W, F) > 16``. All point at ``backend="torch"``.
     """
-    if q.dtype not in _SUPPORTED_DTYPES:
-        raise TypeError(
-            f"the Triton windowed attention supports float16, bfloat16 and float32, got {q.dtype}; "
-            "use backend='torch' for float64"
-        )
+    reason = unsupported_reason(q, window, rel_k, rel_v, corrected)
+    if reason is not None:
+        error = TypeError if q.dtype not in _SUPPORTED_DTYPES else ValueError
+        raise error(f"{reason}; use backend='torch'")
     batch, num_heads, num_frames, head_dim = q.shape
-    if head_dim > MAX_HEAD_DIM:
-        raise ValueError(
-            f"head dim D={head_dim} exceeds the Triton kernel's largest supported {MAX_HEAD_DIM}; use backend='torch'"
-        )
     length = min(window, num_frames)
-    if length > MAX_WINDOW_LENGTH:
-        raise ValueError(
-            f"window length min(window={window}, F={num_frames}) = {length} exceeds the Triton kernel's "
-            f"largest supported {MAX_WINDOW_LENGTH}; use backend='torch'"
-        )
     out = torch.empty_like(q)
     if out.numel() == 0:
         return out
@@ -555,12 +572,6 @@ def windowed_attention(
     q_hat, k_hat, v_hat = (q, k, v) if corrected is None else corrected
     align = alignment((q, k, v, q_hat, k_hat, v_hat, out))
     blocks = blocks_for(num_frames, head_dim, window, radius, corrected is not None, align)
-    if not shipped_configs(blocks):
-        raise ValueError(
-            f"the Triton kernel has no configuration for head dim D={head_dim}, window length {length} with "
-            f"{features(blocks)} (relative tables need D <= 64 and min(W, F) <= 16; the dual pass with "
-            "D > 128 needs min(W, F) <= 16); use backend='torch'"
-        )
     args = dict(
         q_ptr=q, k_ptr=k, v_ptr=v, q_hat_ptr=q_hat, k_hat_ptr=k_hat, v_hat_ptr=v_hat, out_ptr=out,
         rel_k_ptr=rel_k, rel_v_ptr=rel_v,
