@@ -194,3 +194,25 @@ def test_ops_compile_fullgraph_without_graph_breaks():
     torch.testing.assert_close(compiled(h, key_qkv), expected)
     explanation = torch._dynamo.explain(model)(h, key_qkv)
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+
+
+def test_back_project_auto_asks_for_the_torch_path_on_every_device(monkeypatch):
+    """back_project has no kernel, so "auto" must never resolve to Triton (even for CUDA tensors)."""
+    requested = []
+    resolve = ops.resolve_backend
+
+    def recording_resolve(backend, tensor, op):
+        requested.append(backend)
+        return resolve(backend, tensor, op)
+
+    monkeypatch.setattr(ops, "resolve_backend", recording_resolve)
+    x, y = torch.randn(2, 8, 3), torch.randn(2, 4, 3)
+    result = zs_kernels.back_project(x, y, "box_right", 2)
+    assert requested == ["torch"]
+    torch.testing.assert_close(result, zs_kernels.reference.back_project(x, y, "box_right", 2))
+
+
+def test_triton_qkv_correction_refuses_float64_clearly():
+    h, key, weight = (torch.randn(shape, dtype=torch.float64) for shape in ((1, 4, 2, 16), (1, 2, 2, 48), (48, 16)))
+    with raises(TypeError, "float64", "backend='torch'"):
+        zs_kernels.corrected_qkv(h, key, weight, scale=2, kv_kind="sample", backend="triton")

@@ -113,6 +113,8 @@ def compile_configuration(kernel: str, configuration: KernelConfiguration, arch:
 def run(architectures=ARCHITECTURES, dtypes=DTYPES, modules=KERNEL_MODULES, out=sys.stdout) -> list[Build]:
     """Compile every configuration of every kernel module; print one row per build."""
     os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"
+    # On a cache hit ptxas does not run and prints no resource report: always compile.
+    os.environ["TRITON_ALWAYS_COMPILE"] = "1"
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     builds = []
     header = f"{'kernel':<20} {'configuration':<44} {'arch':>5} {'dtype':>5} {'regs':>5} {'spill':>6} {'stack':>6} {'shared':>8}  status"

@@ -6,7 +6,8 @@ Backends:
 * ``"triton"``    the Triton kernels (:mod:`zs_kernels.triton`): CUDA tensors, or CPU tensors when
   the Triton interpreter is on (``TRITON_INTERPRET=1``), which is how tests run them;
 * ``"reference"`` the readable oracle (:mod:`zs_kernels.reference`);
-* ``"auto"``      Triton for CUDA tensors when Triton is installed, the torch path otherwise.
+* ``"auto"``      Triton for CUDA tensors when Triton is installed and the kernel supports the
+  problem (dtype, head dim, window length), the torch path otherwise.
 
 Each op is a ``torch.library.custom_op`` with a fake implementation, so models that call them
 compile with ``torch.compile(fullgraph=True)``. The ops are for inference (sampling): they
@@ -82,8 +83,9 @@ def back_project(x: torch.Tensor, y: torch.Tensor, kind: str, scale: int, frame_
         kind: ``"sample"``, ``"box_left"`` or ``"box_right"`` (:mod:`zs_kernels.frames`).
         scale: integer frame scale ``n >= 2``.
         frame_dim: the frame axis (negative values count from the end).
-        backend: ``"auto"``/``"torch"`` (closed form) or ``"reference"`` (dense matrices). The op
-            moves each element once, so it has no Triton kernel and ``"triton"`` raises.
+        backend: ``"auto"``/``"torch"`` (closed form, any device) or ``"reference"`` (dense
+            matrices). The op moves each element once, so it has no Triton kernel and
+            ``"triton"`` raises.
 
     Returns:
         A contiguous tensor of ``x``'s shape and dtype.
@@ -93,7 +95,8 @@ def back_project(x: torch.Tensor, y: torch.Tensor, kind: str, scale: int, frame_
         dtypes or devices, unknown ``kind``, or a ``scale`` that is not an integer ``>= 2``.
     """
     scale, frame_dim = _validate.back_project_args(x, y, kind, scale, frame_dim)
-    backend = resolve_backend(backend, x, "back_project")
+    # A single elementwise pass: the torch path is the fast path on every device.
+    backend = resolve_backend("torch" if backend == "auto" else backend, x, "back_project")
     if backend == "triton":
         raise ValueError("back_project has no Triton kernel (it is a single elementwise pass); use backend='torch'")
     return _back_project_op(x, y, kind, scale, frame_dim, backend)
@@ -184,7 +187,11 @@ def windowed_attention(
     window, stride, scale, blend = _validate.windowed_attention_args(
         q, k, v, window, stride, weighting, scale, rel_k, rel_v, corrected, blend
     )
-    backend = resolve_backend(backend, q, "windowed_attention")
+    requested, backend = backend, resolve_backend(backend, q, "windowed_attention")
+    if requested == "auto" and backend == "triton":
+        kernel = _kernel_module("windowed_attention")
+        if kernel.unsupported_reason(q, window, rel_k, rel_v, corrected) is not None:
+            backend = "torch"
     q_hat, k_hat, v_hat = (None, None, None) if corrected is None else corrected
     return _windowed_attention_op(
         q, k, v, window, stride, weighting, scale, rel_k, rel_v, q_hat, k_hat, v_hat, blend, backend
@@ -251,5 +258,7 @@ def corrected_qkv(
         that is not ``[3 C_out, C]``, ``key_qkv`` frames ``!= t / scale``, or unknown ``kv_kind``.
     """
     scale = _validate.corrected_qkv_args(h, key_qkv, weight, bias, scale, kv_kind)
-    backend = resolve_backend(backend, h, "corrected_qkv")
+    requested, backend = backend, resolve_backend(backend, h, "corrected_qkv")
+    if requested == "auto" and h.dtype == torch.float64:
+        backend = "torch"  # the kernel computes in fp32 at most
     return _corrected_qkv_op(h, key_qkv, weight, bias, scale, kv_kind, backend)

@@ -397,6 +397,11 @@ def corrected_qkv(h, key_qkv, weight, bias, scale: int, kv_kind: str):
         ``(qkv, qkv_hat)``, each ``[B, t, L, 3 C_out]`` laid out in ``h``'s memory order
         (:func:`zs_kernels.layout.empty_projection`).
     """
+    if h.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(
+            f"the Triton QKV correction supports float16, bfloat16 and float32, got h of dtype {h.dtype}; "
+            "use backend='torch'"
+        )
     qkv = layout.empty_projection(h, weight.shape[0])
     hat = layout.empty_projection(h, weight.shape[0])
     arguments = _arguments(h, key_qkv, weight, bias, scale, kv_kind, qkv, hat)
