@@ -133,8 +133,8 @@ def tiny_svd_pipeline(seed: int = 0) -> StableVideoDiffusionPipeline:
     """A tiny untrained Stable Video Diffusion (image-to-video) pipeline.
 
     UNetSpatioTemporalConditionModel with the SPEC §9 config, a two-level temporal-decoder VAE
-    (spatial factor 2), a 2-layer CLIP vision tower (224 px input, 32 px patches) and SVD's own Euler (EDM, v-prediction,
-    Karras sigmas) scheduler config. Call it with e.g. ``height=32, width=32, num_frames=4``.
+    (spatial factor 2), a 2-layer CLIP vision tower (224 px input, 32 px patches) and SVD's own Euler
+    (EDM, v-prediction, Karras sigmas) scheduler config. Call it with e.g. ``height=32, width=32, num_frames=4``.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

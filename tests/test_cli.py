@@ -1,0 +1,184 @@
+"""``zerosmooth generate`` end to end on tiny pipelines saved to disk, plus its error handling and
+the video writers it uses."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v2 as imageio
+import pytest
+import torch
+from PIL import Image
+
+from zerosmooth import cli, tiny, video
+
+# Small enough for a few seconds per run: 32×32 px, 4 base frames, 2 steps.
+TINY_ARGS = ["--height", "32", "--width", "32", "--frames", "4", "--steps", "2", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models are dominated by per-op overhead; on a shared CI box several intra-op threads
+    contend and make a 0.1 s step take seconds, so these tests run single-threaded."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def svd_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_svd")
+    tiny.tiny_svd_pipeline().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def text_to_video_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_t2v")
+    tiny.tiny_text_to_video_pipeline().save_pretrained(path)
+    return path
+
+
+def _mp4_frames(path: Path) -> list:
+    reader = imageio.get_reader(str(path), format="FFMPEG")
+    try:
+        return [frame for frame in reader]
+    finally:
+        reader.close()
+
+
+def _check_outputs(stem: Path, frames: int, size: int, rows: int):
+    """The mp4 plays back with ``frames`` frames, the gif has as many, the sheet has ``rows`` rows."""
+    decoded = _mp4_frames(stem.with_name(stem.name + ".mp4"))
+    assert len(decoded) == frames
+    assert decoded[0].shape == (size, size, 3)
+    with Image.open(stem.with_name(stem.name + ".gif")) as gif:
+        assert gif.n_frames == frames
+        assert gif.size == (size, size)
+    with Image.open(stem.with_name(stem.name + "_sheet.png")) as sheet:
+        assert sheet.format == "PNG"
+        # Each row holds a 96-px tile plus borders; the widest row holds frames tiles.
+        assert sheet.height >= rows * 96 and sheet.width >= frames * 96
+
+
+def test_generate_image_to_video_in_process(svd_dir, tmp_path, capsys):
+    image = tmp_path / "input.png"
+    cli.procedural_image((48, 40), seed=3).save(image)
+    stem = tmp_path / "out" / "svd"
+    status = cli.main(["generate", "--model", str(svd_dir), "--image", str(image), "--out", str(stem), *TINY_ARGS])
+    assert status == 0
+    _check_outputs(stem, frames=8, size=32, rows=2)
+    report = capsys.readouterr().out
+    assert "StableVideoDiffusionPipeline" in report
+    assert "frames per stage 4 -> 8" in report
+    assert "14 fps" in report  # SVD's default 7 fps, doubled
+    assert str(stem) + ".mp4" in report
+
+
+def test_generate_text_to_video_three_stages_into_directory(text_to_video_dir, tmp_path, capsys):
+    args = ["generate", "--model", str(text_to_video_dir), "--prompt", "a red ball", "--out", str(tmp_path)]
+    args += ["--stages", "3", "--method", "direct", "--fps", "4", *TINY_ARGS]
+    assert cli.main(args) == 0
+    _check_outputs(tmp_path / "zerosmooth", frames=16, size=32, rows=3)
+    assert "frames per stage 4 -> 8 -> 16" in capsys.readouterr().out
+
+
+def test_default_model_is_labelled_untrained(tmp_path, capsys):
+    stem = tmp_path / "demo"
+    assert cli.main(["generate", "--out", str(stem), "--frames", "2", "--steps", "1", "--no-progress"]) == 0
+    report = capsys.readouterr().out
+    assert "UNTRAINED" in report
+    assert "procedurally drawn" in report
+    assert len(_mp4_frames(stem.with_name("demo.mp4"))) == 4
+
+
+def test_python_dash_m_subprocess(svd_dir, tmp_path):
+    stem = tmp_path / "sub"
+    command = [sys.executable, "-m", "zerosmooth", "generate", "--model", str(svd_dir), "--out", str(stem), *TINY_ARGS]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Wrote" in result.stdout
+    assert len(_mp4_frames(stem.with_name("sub.mp4"))) == 8
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--scale", "2.5"], "--scale: invalid int value: '2.5'"),
+        (["--method", "magic"], "--method: invalid choice: 'magic'"),
+        (["--image", "a.png", "--prompt", "a cat"], "not allowed with argument"),
+        (["--dtype", "float8"], "--dtype: invalid choice"),
+    ],
+    ids=["scale-float", "method", "image-and-prompt", "dtype"],
+)
+def test_argparse_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_subcommand_is_an_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([])
+    assert exit_info.value.code == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--scale", "1"], "--scale must be an integer >= 2, got 1"),
+        (["--stages", "0"], "--stages must be an integer >= 1, got 0"),
+        (["--frames", "0"], "--frames must be a positive integer, got 0"),
+        (["--image", "no/such/picture.png"], "--image: no such file 'no/such/picture.png'"),
+        (["--model", "./no/such/model"], "--model: no such directory './no/such/model'"),
+    ],
+    ids=["scale-1", "stages-0", "frames-0", "image-missing", "model-missing"],
+)
+def test_semantic_errors_before_loading(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--prompt", "a cat"], "StableVideoDiffusionPipeline is image-to-video; pass --image instead"),
+        (["--height", "33"], "--height must be a multiple of 2"),
+    ],
+    ids=["prompt-for-svd", "height-odd"],
+)
+def test_semantic_errors_after_loading(svd_dir, tmp_path, args, message, capsys):
+    argv = ["generate", "--model", str(svd_dir), "--out", str(tmp_path / "x"), "--no-progress", *args]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_text_model_needs_prompt(text_to_video_dir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", "--model", str(text_to_video_dir), "--frames", "4"])
+    assert exit_info.value.code == 2
+    assert "--prompt is required for the text-to-video pipeline TextToVideoSDPipeline" in capsys.readouterr().err
+
+
+def test_video_writers_accept_pil_and_odd_sizes(tmp_path):
+    frames = torch.rand(5, 3, 21, 30)
+    pil = [Image.fromarray(frame) for frame in video.to_uint8(frames)]
+    mp4 = video.write_mp4(pil, tmp_path / "odd.mp4", fps=10)
+    decoded = _mp4_frames(mp4)
+    assert len(decoded) == 5 and decoded[0].shape == (22, 30, 3)  # padded to even height
+    gif = video.write_gif(frames, tmp_path / "odd.gif", fps=10)
+    with Image.open(gif) as image:
+        assert image.n_frames == 5
+    with pytest.raises(ValueError, match=r"stages\[1\] must have 10 frames"):
+        video.contact_sheet([frames, frames], scale=2)
+    with pytest.raises(ValueError, match="float array must have shape"):
+        video.to_uint8(torch.rand(3, 5, 8, 8))

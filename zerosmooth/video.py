@@ -1,0 +1,180 @@
+"""Writing generated videos: mp4 (through imageio-ffmpeg), animated gif, and a PNG contact sheet
+that lines up the stages of a cascade so key frames and interpolated frames can be compared.
+
+Every writer accepts one video as either a float tensor/array ``[T, C, H, W]`` with values in
+``[0, 1]`` (what ``output_type="pt"`` gives per video), a uint8 array ``[T, H, W, C]``, or a list
+of PIL images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence, Union
+
+import imageio_ffmpeg
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = ["to_uint8", "write_mp4", "write_gif", "contact_sheet"]
+
+Frames = Union[torch.Tensor, np.ndarray, Sequence[Image.Image]]
+
+# Contact-sheet colours: key frames (shared with the previous stage) vs interpolated frames.
+KEY_COLOUR = (46, 160, 67)
+INTERPOLATED_COLOUR = (230, 126, 34)
+BACKGROUND = (24, 24, 24)
+TEXT_COLOUR = (235, 235, 235)
+
+
+def to_uint8(frames: Frames) -> np.ndarray:
+    """Convert one video to a uint8 RGB array ``[T, H, W, 3]``.
+
+    Float inputs are ``[T, C, H, W]`` in ``[0, 1]`` (clipped; 1 channel is broadcast to RGB);
+    uint8 arrays must already be ``[T, H, W, 3]``; PIL images are converted to RGB.
+    """
+    if isinstance(frames, torch.Tensor):
+        frames = frames.detach().to("cpu", torch.float32).numpy()
+    if isinstance(frames, np.ndarray):
+        if frames.dtype == np.uint8:
+            if frames.ndim != 4 or frames.shape[-1] != 3:
+                raise ValueError(f"frames: a uint8 array must have shape [T, H, W, 3], got {list(frames.shape)}")
+            return frames
+        if frames.ndim != 4 or frames.shape[1] not in (1, 3):
+            raise ValueError(
+                f"frames: a float array must have shape [T, C, H, W] with C 1 or 3, got {list(frames.shape)}"
+            )
+        frames = np.clip(frames, 0.0, 1.0).transpose(0, 2, 3, 1)
+        if frames.shape[-1] == 1:
+            frames = np.repeat(frames, 3, axis=-1)
+        return np.round(frames * 255.0).astype(np.uint8)
+    images = list(frames)
+    if not images or not all(isinstance(image, Image.Image) for image in images):
+        raise ValueError(f"frames: expected a tensor, an array or a non-empty list of PIL images, got {type(frames)}")
+    return np.stack([np.asarray(image.convert("RGB")) for image in images])
+
+
+def write_mp4(frames: Frames, path: Union[str, Path], fps: float, quality: int = 8) -> Path:
+    """Write an H.264 mp4 (yuv420p, playable everywhere) and return its path.
+
+    yuv420p needs even width and height: an odd size is padded by repeating the last row/column,
+    rather than letting ffmpeg rescale the video.
+    """
+    if not fps > 0:
+        raise ValueError(f"fps must be positive, got {fps!r}")
+    video = to_uint8(frames)
+    pad_h, pad_w = video.shape[1] % 2, video.shape[2] % 2
+    if pad_h or pad_w:
+        video = np.pad(video, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height, width = video.shape[1:3]
+    writer = imageio_ffmpeg.write_frames(
+        str(path),
+        (width, height),
+        fps=fps,
+        codec="libx264",
+        quality=quality,
+        macro_block_size=1,
+        ffmpeg_log_level="error",
+    )
+    writer.send(None)  # start the ffmpeg process
+    for frame in video:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+    return path
+
+
+def write_gif(frames: Frames, path: Union[str, Path], fps: float) -> Path:
+    """Write a looping animated gif and return its path.
+
+    GIF stores frame durations in hundredths of a second, so very high rates are approximated.
+    """
+    if not fps > 0:
+        raise ValueError(f"fps must be positive, got {fps!r}")
+    images = [Image.fromarray(frame) for frame in to_uint8(frames)]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(
+        path,
+        save_all=True,
+        append_images=images[1:],
+        duration=max(20, round(1000.0 / fps)),
+        loop=0,
+        disposal=1,
+    )
+    return path
+
+
+def contact_sheet(
+    stages: Sequence[Frames],
+    scale: int,
+    path: Union[str, Path, None] = None,
+    max_columns: int = 16,
+    tile_height: int = 96,
+) -> Image.Image:
+    """Lay the stages of a cascade out on a time-aligned grid, one row per stage.
+
+    Stage ``s`` (1-based) has ``t0·n^(s-1)`` frames; its frame ``j`` is drawn in column
+    ``j·n^(S-s)``, so a frame sits directly under the frames of earlier stages it shares a time with.
+    Frames of stage ``s >= 2`` at ``j ≡ 0 (mod n)`` are key frames (the previous stage's frames,
+    green border); the others are interpolated (orange border). Stage 1 frames are all key frames.
+    Only the first ``max_columns`` columns of time are shown (at least one base frame's worth).
+
+    Args:
+        stages: one video per stage, stage 1 first; each a tensor/array/PIL list (see ``to_uint8``).
+        scale: the frame-rate factor ``n`` between consecutive stages.
+        path: if given, the sheet is also saved there as PNG.
+        max_columns: widest row, in tiles.
+        tile_height: frames are resized (nearest neighbour, so tiny frames stay crisp) to this height.
+
+    Returns:
+        The sheet as an RGB PIL image.
+    """
+    if not stages:
+        raise ValueError("stages: expected at least one stage, got an empty sequence")
+    if not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+    videos = [to_uint8(stage) for stage in stages]
+    base = len(videos[0])
+    for index, video in enumerate(videos, start=1):
+        expected = base * scale ** (index - 1)
+        if len(video) != expected:
+            raise ValueError(
+                f"stages[{index - 1}] must have {expected} frames (stage 1 has {base}, scale {scale}), got {len(video)}"
+            )
+    spread = scale ** (len(videos) - 1)  # columns per base frame
+    columns = min(base * spread, max(spread, max_columns // spread * spread))
+
+    height, width = videos[0].shape[1:3]
+    tile_width = max(1, round(width * tile_height / height))
+    border, gap, label_width, header = 3, 4, 118, 24
+    cell_w, cell_h = tile_width + 2 * border, tile_height + 2 * border
+    sheet = Image.new(
+        "RGB",
+        (label_width + columns * (cell_w + gap) + gap, header + len(videos) * (cell_h + gap) + gap),
+        BACKGROUND,
+    )
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    draw.text((gap, 6), "key frame", fill=KEY_COLOUR, font=font)
+    draw.text((gap + 80, 6), "interpolated frame", fill=INTERPOLATED_COLOUR, font=font)
+
+    for row, video in enumerate(videos):
+        stride = scale ** (len(videos) - 1 - row)  # columns between consecutive frames of this stage
+        top = header + gap + row * (cell_h + gap)
+        draw.text((gap, top + cell_h // 2 - 12), f"stage {row + 1}", fill=TEXT_COLOUR, font=font)
+        draw.text((gap, top + cell_h // 2 + 2), f"{len(video)} frames", fill=TEXT_COLOUR, font=font)
+        for index in range(0, columns // stride):
+            is_key = row == 0 or index % scale == 0
+            left = label_width + index * stride * (cell_w + gap)
+            draw.rectangle(
+                (left, top, left + cell_w - 1, top + cell_h - 1), fill=KEY_COLOUR if is_key else INTERPOLATED_COLOUR
+            )
+            tile = Image.fromarray(video[index]).resize((tile_width, tile_height), Image.NEAREST)
+            sheet.paste(tile, (left + border, top + border))
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sheet.save(path, format="PNG")
+    return sheet
