@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from zerosmooth.data.world import WorldConfig, frames_needed, render_clip, training_clip
+from zerosmooth.data.world import RENDER_FPS, WorldConfig, frames_needed, render_clip, training_clip
 
 
 def test_deterministic_and_seed_dependent():
@@ -49,7 +49,7 @@ def test_objects_stay_inside_and_move_smoothly():
     pos, r = clip.positions, clip.radii[None, :, None]
     assert (pos >= r - 1e-4).all() and (pos <= 32 - r + 1e-4).all()
     step = (pos[1:] - pos[:-1]).norm(dim=-1)
-    assert step.max() <= 1.0 * 32 / 24 * 1.5 + 1e-4  # about max speed per frame, never a jump
+    assert step.max() <= 1.0 * 32 / RENDER_FPS * 1.5 + 1e-4  # about max speed per frame, never a jump
 
 
 def test_stride_semantics():

@@ -6,7 +6,7 @@ the rendered in-between frames are exact ground truth for frame interpolation, a
 true centres are known for every rendered frame.
 
 Rendering is vectorised over frames, objects and pixels with numpy (anti-aliased signed-distance
-shapes), so a 64-frame 32×32 clip takes about a millisecond.
+shapes), so a 64-frame 32×32 clip takes a few milliseconds.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-RENDER_FPS = 24
-"""Frame rate at which clips are rendered. Key frames at stride ``s`` play at ``RENDER_FPS / s``."""
+RENDER_FPS = 28
+"""Frame rate at which clips are rendered. Key frames at stride ``s`` play at ``RENDER_FPS / s``:
+stride 4 gives 7 fps, SVD's default ``fps`` argument, so the shipped model's base video is plain SVD usage."""
 
 SHAPES = ("circle", "square", "diamond")
 
@@ -47,9 +48,9 @@ class WorldConfig:
     min_radius: float = 0.10
     """Object radius range, as a fraction of ``size``."""
     max_radius: float = 0.17
-    min_speed: float = 0.35
+    min_speed: float = 0.4
     """Speed range in frame-widths per second (at ``RENDER_FPS``)."""
-    max_speed: float = 0.8
+    max_speed: float = 0.95
     texture_prob: float = 0.5
     """Probability that the background is a soft texture rather than a flat colour."""
     ease_prob: float = 0.4
