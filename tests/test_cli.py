@@ -87,7 +87,9 @@ def test_generate_text_to_video_three_stages_into_directory(text_to_video_dir, t
 
 def test_default_model_is_labelled_untrained(tmp_path, capsys):
     stem = tmp_path / "demo"
+    torch.set_num_threads(2)
     assert cli.main(["generate", "--out", str(stem), "--frames", "2", "--steps", "1", "--no-progress"]) == 0
+    assert torch.get_num_threads() == 2  # the tiny model runs single-threaded, then the setting is restored
     report = capsys.readouterr().out
     assert "UNTRAINED" in report
     assert "procedurally drawn" in report
@@ -134,10 +136,11 @@ def test_missing_subcommand_is_an_error(capsys):
         (["--scale", "1"], "--scale must be an integer >= 2, got 1"),
         (["--stages", "0"], "--stages must be an integer >= 1, got 0"),
         (["--frames", "0"], "--frames must be a positive integer, got 0"),
+        (["--threads", "-1"], "--threads must be a positive integer, got -1"),
         (["--image", "no/such/picture.png"], "--image: no such file 'no/such/picture.png'"),
         (["--model", "./no/such/model"], "--model: no such directory './no/such/model'"),
     ],
-    ids=["scale-1", "stages-0", "frames-0", "image-missing", "model-missing"],
+    ids=["scale-1", "stages-0", "frames-0", "threads", "image-missing", "model-missing"],
 )
 def test_semantic_errors_before_loading(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
