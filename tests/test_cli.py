@@ -85,6 +85,16 @@ def test_generate_text_to_video_three_stages_into_directory(text_to_video_dir, t
     assert "frames per stage 4 -> 8 -> 16" in capsys.readouterr().out
 
 
+def test_generate_animatediff_latent_ddnm(tmp_path, capsys):
+    model = tmp_path / "tiny_animatediff"
+    tiny.tiny_animatediff_pipeline().save_pretrained(model)
+    stem = tmp_path / "ad"
+    args = ["generate", "--model", str(model), "--prompt", "a cat", "--method", "latent_ddnm", "--out", str(stem)]
+    assert cli.main([*args, *TINY_ARGS]) == 0
+    _check_outputs(stem, frames=8, size=32, rows=2)
+    assert "AnimateDiffPipeline" in capsys.readouterr().out
+
+
 def test_default_model_is_labelled_untrained(tmp_path, capsys):
     stem = tmp_path / "demo"
     torch.set_num_threads(2)

@@ -201,7 +201,7 @@ def _load_pipeline(args: argparse.Namespace, device: torch.device, dtype: torch.
     from diffusers import DiffusionPipeline
 
     try:
-        pipe = DiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype)
+        pipe = DiffusionPipeline.from_pretrained(args.model, dtype=dtype)
     except Exception as error:  # from_pretrained fails in many ways (missing files, offline hub, bad index)
         raise CLIError(f"--model {args.model!r} could not be loaded as a diffusers pipeline: {error}") from None
     return pipe.to(device)
@@ -269,6 +269,7 @@ def _output_stem(out: Path) -> Path:
 def generate(args: argparse.Namespace) -> int:
     """Run ``zerosmooth generate`` with parsed arguments; returns the exit status."""
     from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
     from . import ZeroSmooth
 
@@ -278,9 +279,11 @@ def generate(args: argparse.Namespace) -> int:
     if args.model is None:
         print(UNTRAINED_NOTICE, flush=True)
     # Loading and the wrapped pipeline's own bars and deprecation notes would drown the report.
-    verbosity = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
+    verbosities = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    bars = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    for log in (diffusers_logging, transformers_logging):
+        log.set_verbosity_error()
+        log.disable_progress_bar()
     threads = torch.get_num_threads()
     if args.threads is not None or args.model is None:
         torch.set_num_threads(args.threads or 1)
@@ -303,8 +306,10 @@ def generate(args: argparse.Namespace) -> int:
     finally:
         # main() may run inside a larger program (tests): leave global state as it was.
         torch.set_num_threads(threads)
-        diffusers_logging.set_verbosity(verbosity)
-        diffusers_logging.enable_progress_bar()
+        for log, verbosity, bar in zip((diffusers_logging, transformers_logging), verbosities, bars):
+            log.set_verbosity(verbosity)
+            if bar:
+                log.enable_progress_bar()
 
     stages = [stage[0] for stage in output.stages]  # first (only) video of the batch, [t_s, C, H, W]
     out_fps = fps * config.scale ** (len(stages) - 1)
