@@ -175,6 +175,33 @@ def test_semantic_errors_after_loading(svd_dir, tmp_path, args, message, capsys)
     assert message in capsys.readouterr().err
 
 
+def test_unsupported_pipeline_is_named(tmp_path, capsys):
+    from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
+
+    unet = UNet2DModel(
+        block_out_channels=(32, 64),
+        sample_size=32,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    )
+    DDIMPipeline(unet=unet, scheduler=DDIMScheduler()).save_pretrained(tmp_path / "ddim")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", "--model", str(tmp_path / "ddim"), "--prompt", "a cat"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--model: ZeroSmooth supports the diffusers pipelines StableVideoDiffusionPipeline" in err
+    assert "got DDIMPipeline" in err
+
+
+def test_unreadable_image(svd_dir, tmp_path, capsys):
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not a picture")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", "--model", str(svd_dir), "--image", str(not_an_image)])
+    assert exit_info.value.code == 2
+    assert "is not a readable image" in capsys.readouterr().err
+
+
 def test_text_model_needs_prompt(text_to_video_dir, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["generate", "--model", str(text_to_video_dir), "--frames", "4"])

@@ -207,7 +207,7 @@ def _load_pipeline(args: argparse.Namespace, device: torch.device, dtype: torch.
     return pipe.to(device)
 
 
-def _pipeline_kwargs(args: argparse.Namespace, pipe, device: torch.device) -> tuple[dict, int, str]:
+def _pipeline_kwargs(args: argparse.Namespace, pipe) -> tuple[dict, int, str]:
     """The wrapped pipeline's keyword arguments, the base fps and a description of the input."""
     parameters = inspect.signature(pipe.__call__).parameters
     image_to_video = "image" in parameters and "prompt" not in parameters
@@ -236,7 +236,10 @@ def _pipeline_kwargs(args: argparse.Namespace, pipe, device: torch.device) -> tu
         if args.prompt is not None or args.negative_prompt is not None:
             raise CLIError(f"--prompt/--negative-prompt: {type(pipe).__name__} is image-to-video; pass --image instead")
         if args.image is not None:
-            kwargs["image"] = Image.open(args.image).convert("RGB")
+            try:
+                kwargs["image"] = Image.open(args.image).convert("RGB")
+            except OSError as error:
+                raise CLIError(f"--image {str(args.image)!r} is not a readable image: {error}") from None
             source = f"image {args.image}"
         else:
             size = (width or 1024, height or 576)
@@ -290,11 +293,11 @@ def generate(args: argparse.Namespace) -> int:
     try:
         pipe = _load_pipeline(args, device, dtype)
         pipe.set_progress_bar_config(disable=True)
-        kwargs, fps, source = _pipeline_kwargs(args, pipe, device)
         try:
             smoother = ZeroSmooth(pipe, config)
         except TypeError as error:
             raise CLIError(f"--model: {error}") from None
+        kwargs, fps, source = _pipeline_kwargs(args, pipe)
         model_name = args.model or "built-in tiny untrained SVD"
         dtype_name = str(dtype).replace("torch.", "")
         print(f"Model: {model_name} ({type(pipe).__name__}) on {device}, {dtype_name}", flush=True)
