@@ -83,8 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="frame rate of the base video (default 7 for SVD, 8 otherwise); it is SVD's fps condition, and "
         "stage s plays at fps*scale^(s-1) so every stage lasts as long",
     )
-    gen.add_argument("--height", type=int, help="frame height in pixels (default: the pipeline's own)")
-    gen.add_argument("--width", type=int, help="frame width in pixels (default: the pipeline's own)")
+    for side in ("height", "width"):
+        gen.add_argument(
+            f"--{side}",
+            type=int,
+            help=f"frame {side} in pixels (default: the pipeline's own, {DEFAULT_MODEL_SIZE} for the built-in model)",
+        )
     gen.add_argument("--guidance", type=float, help="guidance scale (SVD: the max of its per-frame guidance)")
     gen.add_argument(
         "--method",
