@@ -160,7 +160,8 @@ def contact_sheet(
     draw.text((gap, 6), "key frame", fill=KEY_COLOUR, font=font)
     draw.text((gap + 80, 6), "interpolated frame", fill=INTERPOLATED_COLOUR, font=font)
     if columns < base * spread:
-        draw.text((gap + 220, 6), f"(first {columns // spread} of {base} base frames shown)", fill=TEXT_COLOUR, font=font)
+        note = f"(first {columns // spread} of {base} base frames shown)"
+        draw.text((gap + 220, 6), note, fill=TEXT_COLOUR, font=font)
 
     for row, video in enumerate(videos):
         stride = scale ** (len(videos) - 1 - row)  # columns between consecutive frames of this stage
