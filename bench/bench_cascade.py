@@ -25,13 +25,7 @@ ROUNDS = 3
 _minimum_seconds: dict[str, float] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models are dominated by per-op overhead; one thread is the stablest measure on a shared box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

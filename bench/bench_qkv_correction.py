@@ -138,13 +138,7 @@ CPU_CASE = dict(batch=1, key_frames=4, scale=2, tokens=24 * 24, channels=320)
 ROUNDS = 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One thread: the stablest measure on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cpu_inputs(kind, temporal):

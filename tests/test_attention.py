@@ -19,12 +19,7 @@ from zerosmooth.noise import stage_noise
 from zerosmooth.tiny import tiny_animatediff_pipeline, tiny_svd_pipeline, tiny_text_to_video_pipeline
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("dim, length", [(32, 32), (64, 24), (320, 32)])

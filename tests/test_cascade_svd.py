@@ -9,15 +9,7 @@ from zerosmooth.noise import stage_noise
 from zerosmooth.tiny import tiny_svd_pipeline
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models are dominated by per-op overhead; several threads on a shared box only contend.
-    Module scope: the module's cached runs and the plain reference runs must use the same thread
-    count, or reductions round differently."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,7 @@ from zerosmooth.noise import stage_noise
 from zerosmooth.tiny import tiny_animatediff_pipeline, tiny_text_to_video_pipeline
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Single-threaded, for speed on a shared box and so cached and reference runs round alike."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,7 @@ from zerosmooth import cli, tiny, video
 TINY_ARGS = ["--height", "32", "--width", "32", "--frames", "4", "--steps", "2", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models are dominated by per-op overhead; on a shared CI box several intra-op threads
-    contend and make a 0.1 s step take seconds, so these tests run single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

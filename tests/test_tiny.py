@@ -8,14 +8,7 @@ from PIL import Image
 from zerosmooth import tiny
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models are dominated by per-op overhead; on a shared CI box several intra-op threads
-    contend and make a 0.1 s step take seconds, so these tests run single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _svd_inputs():
