@@ -12,7 +12,7 @@ from zerosmooth.train_tiny import parse_args, train
 
 def _args(out, steps):
     return parse_args([
-        "--out", str(out), "--size", "16", "--frames", "2", "--vae-steps", "2", "--vae-batch", "4",
+        "--out", str(out), "--size", "16", "--frames", "2", "--vae-steps", "2", "--vae-batch", "4", "--decoder-steps", "2",
         "--steps", str(steps), "--batch", "1", "--save-every", "1", "--warmup", "2", "--threads", "1",
     ])
 
@@ -26,7 +26,7 @@ def test_train_resume_export_load(tmp_path):
     # Resuming continues from the checkpoint instead of starting over.
     train(_args(tmp_path, 3))
     log = (tmp_path / "train.log").read_text()
-    assert "unet: resumed at step 2" in log and "vae: loaded" in log
+    assert "unet: resumed at step 2" in log and "vae: loaded" in log and "vae decoder: loaded" in log
     assert torch.load(tmp_path / "unet.pt", weights_only=False)["step"] == 3
 
     pipe = StableVideoDiffusionPipeline.from_pretrained(tmp_path / "pipeline", local_files_only=True)

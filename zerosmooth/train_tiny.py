@@ -7,7 +7,8 @@ Two phases, both deterministic from ``--seed``:
 
 1. VAE: an ``AutoencoderKLTemporalDecoder`` (spatial factor 2) trained on single world frames with
    an L1 + MSE reconstruction loss and a small KL term. Its latent scale (``scaling_factor``) is
-   then set to ``1 / std`` of the latents, as Stable Diffusion's was chosen.
+   then set to ``1 / std`` of the latents, as Stable Diffusion's was chosen. Then (1b) the decoder
+   alone is refined with the encoder frozen (``train_decoder``).
 2. UNet: a ``UNetSpatioTemporalConditionModel`` trained exactly as SVD's sampler will use it:
    EDM preconditioning with σ_data = 1 and v-prediction, which is what diffusers'
    ``EulerDiscreteScheduler(prediction_type="v_prediction", timestep_type="continuous")`` inverts:
@@ -25,7 +26,7 @@ reaches the UNet through the concatenated image latent. Training clips are ``--f
 at stride 4 (7 fps) with probability ``1 − --stride2-prob``, else at stride 2 (14 fps), so the fps
 condition means something when ZeroSmooth doubles it for stage 2 (SPEC §7).
 
-Checkpoints (``--out``/vae.pt after phase 1, ``--out``/unet.pt every ``--save-every`` steps) hold
+Checkpoints (``--out``/vae.pt after phase 1, vae_decoder.pt after 1b, ``--out``/unet.pt every ``--save-every`` steps) hold
 model, EMA, optimiser and RNG state; rerunning the same command resumes from them. Training clip
 seeds are ``seed·10⁷ + index`` (< 10⁹); evaluation uses seeds from ``HELD_OUT_SEED_BASE`` upward.
 """
@@ -188,6 +189,42 @@ def train_vae(vae, args, world: WorldConfig, out: Path, log) -> None:
     log(f"vae: done, latent std {std:.4f}, scaling_factor {1 / std:.4f}")
 
 
+def train_decoder(vae, args, world: WorldConfig, out: Path, log) -> None:
+    """Phase 1b: refine the VAE decoder with the encoder frozen. Saves ``out/vae_decoder.pt``;
+    skipped (loaded) if it exists.
+
+    The UNet only ever sees encoder latents, so this phase is independent of phase 2 and may run
+    before, after or beside it with the same result; a briefly trained VAE's decoder is what limits
+    colour fidelity, and decoding is what the metrics look at.
+    """
+    path = out / "vae_decoder.pt"
+    if path.exists():
+        vae.decoder.load_state_dict(torch.load(path, weights_only=True))
+        log(f"vae decoder: loaded {path}")
+        return
+    if args.decoder_steps == 0:
+        return
+    opt = torch.optim.AdamW(vae.decoder.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    vae.decoder.train()
+    bar = tqdm(range(args.decoder_steps), desc="decoder", dynamic_ncols=True)
+    for step in bar:
+        seeds = [args.seed * 10_000_000 + 7_000_000 + step * 2 + i for i in range(2)]
+        x = clip_batch(seeds, 4, [4, 4], world).flatten(0, 1) * 2 - 1
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mode()
+        recon = vae.decode(z, num_frames=4).sample
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % 50 == 0 or step == args.decoder_steps - 1:
+            log(f"decoder step {step} loss {loss.item():.5f}")
+    vae.decoder.eval()
+    torch.save(vae.decoder.state_dict(), path)
+    log("vae decoder: done")
+
+
 def unet_loss(unet, vae, image_encoder, feature_extractor, videos, strides, args, gen) -> torch.Tensor:
     """EDM/v-prediction loss of one batch of key-frame videos [B, T, 3, H, W] in [0, 1]."""
     b, t = videos.shape[:2]
@@ -287,6 +324,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vae-batch", type=int, default=16, help="frames per VAE step")
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--vae-kl", type=float, default=1e-4)
+    p.add_argument("--decoder-steps", type=int, default=600, help="decoder refinement steps (0: none)")
     p.add_argument("--steps", type=int, default=3000, help="UNet optimisation steps")
     p.add_argument("--batch", type=int, default=4, help="clips per UNet step")
     p.add_argument("--lr", type=float, default=4e-4)
@@ -319,6 +357,7 @@ def train(args: argparse.Namespace) -> Path:
     vae, unet, image_encoder, feature_extractor, scheduler = build_components(args.size, args.frames, args.seed)
     t_start = time.time()
     train_vae(vae, args, world, args.out, log)
+    train_decoder(vae, args, world, args.out, log)
     vae.requires_grad_(False)
     ema, history = train_unet(unet, vae, image_encoder, feature_extractor, args, world, args.out, log)
     meta = {
