@@ -48,3 +48,12 @@ def test_embedded_missing_is_a_clear_error(monkeypatch, tmp_path):
 def test_bad_size():
     with pytest.raises(ValueError, match="size"):
         train(parse_args(["--out", "/tmp/never", "--size", "15"]))
+
+
+def test_shipped_model_loads_offline():
+    """The shipped weights load with from_pretrained from the package directory (skipped when a
+    checkout does not ship them)."""
+    if not (embedded.embedded_model_path() / "model_index.json").is_file():
+        pytest.skip("embedded model not shipped")
+    pipe = embedded.load_embedded_pipeline()
+    assert pipe.unet.config.num_frames == 8 and pipe.unet.config.sample_size == 16
