@@ -1,6 +1,7 @@
 """``zerosmooth generate`` end to end on tiny pipelines saved to disk, plus its error handling and
 the video writers it uses."""
 
+import importlib
 import os
 import subprocess
 import sys
@@ -88,15 +89,34 @@ def test_generate_animatediff_latent_ddnm(tmp_path, capsys):
     assert "AnimateDiffPipeline" in capsys.readouterr().out
 
 
-def test_default_model_is_labelled_untrained(tmp_path, capsys):
+def test_default_model_is_the_embedded_one(tmp_path, capsys):
     stem = tmp_path / "demo"
     torch.set_num_threads(2)
     assert cli.main(["generate", "--out", str(stem), "--frames", "2", "--steps", "1", "--no-progress"]) == 0
-    assert torch.get_num_threads() == 2  # the tiny model runs single-threaded, then the setting is restored
+    assert torch.get_num_threads() == 2  # the built-in model runs single-threaded, then the setting is restored
+    report = capsys.readouterr().out
+    assert "embedded tiny SVD-style model trained on ZeroSmooth's procedural world" in report
+    assert "first frame of the procedural world" in report
+    assert "UNTRAINED" not in report
+    assert len(_mp4_frames(stem.with_name("demo.mp4"))) == 4
+
+
+def test_without_shipped_weights_the_default_is_labelled_untrained(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "embedded_model_shipped", lambda: False)
+    stem = tmp_path / "demo"
+    assert cli.main(["generate", "--out", str(stem), "--frames", "2", "--steps", "1", "--no-progress"]) == 0
     report = capsys.readouterr().out
     assert "UNTRAINED" in report
     assert "procedurally drawn" in report
     assert len(_mp4_frames(stem.with_name("demo.mp4"))) == 4
+
+
+@pytest.mark.parametrize("command, module", [("train-tiny", "zerosmooth.train_tiny"), ("evaluate", "zerosmooth.evaluate")])
+def test_delegated_commands_hand_over_their_arguments(command, module, monkeypatch):
+    received = []
+    monkeypatch.setattr(importlib.import_module(module), "main", lambda argv: received.append(argv) or 0)
+    assert cli.main([command, "--out", "somewhere", "--help"]) == 0
+    assert received == [["--out", "somewhere", "--help"]]
 
 
 def test_python_dash_m_subprocess(svd_dir, tmp_path):

@@ -1,15 +1,21 @@
-"""``zerosmooth generate``: run a diffusers video pipeline through the ZeroSmooth cascade and write
-an mp4, a gif and a PNG contact sheet (key vs interpolated frames per stage).
+"""The ``zerosmooth`` command.
 
-With no ``--model`` it runs the default model. No trained embedded model ships yet, so the default
-is the tiny *untrained* SVD pipeline built from config (``zerosmooth.tiny``) fed a procedurally
-drawn image: it proves the whole path runs, and its output is noise-like by design.
+* ``zerosmooth generate``: run a diffusers video pipeline through the ZeroSmooth cascade and write
+  an mp4, a gif and a PNG contact sheet (key vs interpolated frames per stage). With no
+  ``--model`` it runs the embedded default model, a tiny SVD-style pipeline trained on the
+  procedural world (``zerosmooth.embedded``), fed a frame of that world; in a checkout without the
+  shipped weights it falls back to the tiny *untrained* pipeline built from config
+  (``zerosmooth.tiny``), whose output is noise-like by design.
+* ``zerosmooth train-tiny …``: ``python -m zerosmooth.train_tiny …`` (trains the embedded model).
+* ``zerosmooth evaluate …``: ``python -m zerosmooth.evaluate …`` (the paper-style comparison).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
+import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -22,15 +28,25 @@ from .config import METHODS
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-# Settings of the default (tiny, untrained) model: small enough to finish in seconds on a CPU.
+# Settings of the built-in models (embedded or untrained): what the embedded one was trained at.
 DEFAULT_MODEL_FRAMES = 8
-DEFAULT_MODEL_STEPS = 6
+DEFAULT_MODEL_STEPS = 10
 DEFAULT_MODEL_SIZE = 32
 
+EMBEDDED_NOTICE = (
+    "No --model given: using the embedded tiny SVD-style model trained on ZeroSmooth's procedural world of "
+    "moving shapes (32x32 px, 8 frames at 7 fps). Pass --model <diffusers directory or hub id> for your own model."
+)
 UNTRAINED_NOTICE = (
     "No --model given: using the built-in tiny SVD pipeline. It is an UNTRAINED model built from config "
     "(random weights), so the video is noise-like; it shows the pipeline runs end to end. "
     "Pass --model <diffusers directory or hub id> for real results."
+)
+
+
+DELEGATED_COMMANDS = (
+    ("train-tiny", "zerosmooth.train_tiny", "train the embedded tiny model on the procedural world"),
+    ("evaluate", "zerosmooth.evaluate", "compare ZeroSmooth with baselines and ablations on the embedded model"),
 )
 
 
@@ -45,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Training-free high-frame-rate video generation for diffusers video pipelines.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, _, summary in DELEGATED_COMMANDS:  # listed for --help; main() hands their arguments over
+        commands.add_parser(name, help=f"{summary} (see 'zerosmooth {name} --help')", add_help=False)
     gen = commands.add_parser(
         "generate",
         help="generate a video at scale^(stages-1) times the model's frame rate",
@@ -57,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--model",
         help="local diffusers pipeline directory or hub id, loaded with DiffusionPipeline.from_pretrained "
-        "(default: the built-in tiny untrained SVD model)",
+        "(default: the embedded tiny SVD model trained on the procedural world)",
     )
     source = gen.add_mutually_exclusive_group()
     source.add_argument("--image", type=Path, help="conditioning image for image-to-video pipelines (SVD)")
@@ -131,6 +149,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     Returns 0 on success. Bad arguments exit with status 2 and a message naming the argument, the
     value and what was expected (argparse's convention).
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for name, module, _ in DELEGATED_COMMANDS:
+        if argv[:1] == [name]:
+            return importlib.import_module(module).main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -196,9 +218,29 @@ def procedural_image(size: tuple[int, int], seed: int = 0) -> Image.Image:
     return image
 
 
+def embedded_model_shipped() -> bool:
+    from .embedded import embedded_model_path
+
+    return (embedded_model_path() / "model_index.json").is_file()
+
+
+def world_image(size: tuple[int, int], seed: int = 0) -> Image.Image:
+    """A first frame of the procedural world (held-out seeds), the kind of input the embedded model knows."""
+    from .data.world import WorldConfig, render_clip
+
+    width, height = size
+    frames = render_clip(1_000_000_000 + seed, 1, WorldConfig(size=height)).frames  # [1, 3, H, W]
+    image = Image.fromarray(video.to_uint8(frames)[0])
+    return image if image.size == (width, height) else image.resize((width, height))
+
+
 def _load_pipeline(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
     """The pipeline named by ``--model`` (or the default model) on ``device`` in ``dtype``."""
     if args.model is None:
+        if embedded_model_shipped():
+            from .embedded import load_embedded_pipeline
+
+            return load_embedded_pipeline(device, dtype)
         from .tiny import tiny_svd_pipeline
 
         return tiny_svd_pipeline(seed=0).to(device=device, dtype=dtype)
@@ -245,6 +287,10 @@ def _pipeline_kwargs(args: argparse.Namespace, pipe) -> tuple[dict, int, str]:
             except OSError as error:
                 raise CLIError(f"--image {str(args.image)!r} is not a readable image: {error}") from None
             source = f"image {args.image}"
+        elif builtin and embedded_model_shipped():
+            size = (width, height)
+            kwargs["image"] = world_image(size, seed=args.seed)
+            source = f"a {size[0]}x{size[1]} first frame of the procedural world, seed {args.seed} (no --image given)"
         else:
             size = (width or 1024, height or 576)
             kwargs["image"] = procedural_image(size, seed=args.seed)
@@ -283,8 +329,9 @@ def generate(args: argparse.Namespace) -> int:
     config = _check_arguments(args)
     device, dtype = _resolve_device_dtype(args)
     start = time.perf_counter()
+    untrained = args.model is None and not embedded_model_shipped()
     if args.model is None:
-        print(UNTRAINED_NOTICE, flush=True)
+        print(UNTRAINED_NOTICE if untrained else EMBEDDED_NOTICE, flush=True)
     # Loading and the wrapped pipeline's own bars and deprecation notes would drown the report.
     verbosities = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
     bars = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
@@ -302,7 +349,7 @@ def generate(args: argparse.Namespace) -> int:
         except TypeError as error:
             raise CLIError(f"--model: {error}") from None
         kwargs, fps, source = _pipeline_kwargs(args, pipe)
-        model_name = args.model or "built-in tiny untrained SVD"
+        model_name = args.model or ("built-in tiny untrained SVD" if untrained else "embedded tiny world SVD")
         dtype_name = str(dtype).replace("torch.", "")
         print(f"Model: {model_name} ({type(pipe).__name__}) on {device}, {dtype_name}", flush=True)
         print(f"Input: {source}", flush=True)
@@ -338,7 +385,7 @@ def generate(args: argparse.Namespace) -> int:
     )
     for path in written:
         print(f"Wrote {path}")
-    if args.model is None:
+    if untrained:
         print("(Untrained tiny model: the frames are noise-like by design.)")
     print(f"Done in {elapsed:.1f} s.")
     return 0
