@@ -129,6 +129,25 @@ def _ddim_scheduler() -> DDIMScheduler:
     )
 
 
+def svd_scheduler() -> EulerDiscreteScheduler:
+    """The Euler scheduler of stabilityai/stable-video-diffusion-img2vid(-xt) (its scheduler_config.json)."""
+    return EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        interpolation_type="linear",
+        num_train_timesteps=1000,
+        prediction_type="v_prediction",
+        sigma_max=700.0,
+        sigma_min=0.002,
+        steps_offset=1,
+        timestep_spacing="leading",
+        timestep_type="continuous",
+        trained_betas=None,
+        use_karras_sigmas=True,
+    )
+
+
 def tiny_svd_pipeline(seed: int = 0) -> StableVideoDiffusionPipeline:
     """A tiny untrained Stable Video Diffusion (image-to-video) pipeline.
 
@@ -174,22 +193,7 @@ def tiny_svd_pipeline(seed: int = 0) -> StableVideoDiffusionPipeline:
     # The pipeline itself resizes the conditioning image to 224 px before the processor normalises it;
     # 32 px patches keep the tower at 7×7 tokens.
     feature_extractor = _CLIPImageProcessor(crop_size=224, size=224)
-    # stabilityai/stable-video-diffusion-img2vid(-xt) scheduler_config.json.
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        interpolation_type="linear",
-        num_train_timesteps=1000,
-        prediction_type="v_prediction",
-        sigma_max=700.0,
-        sigma_min=0.002,
-        steps_offset=1,
-        timestep_spacing="leading",
-        timestep_type="continuous",
-        trained_betas=None,
-        use_karras_sigmas=True,
-    )
+    scheduler = svd_scheduler()
     return StableVideoDiffusionPipeline(
         vae=vae,
         image_encoder=image_encoder,

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import time
 from pathlib import Path
 
@@ -45,6 +44,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from zerosmooth.data.world import RENDER_FPS, WorldConfig, render_clip
+from zerosmooth.tiny import svd_scheduler
 
 HELD_OUT_SEED_BASE = 1_000_000_000
 """World seeds from here up are never used for training (training uses seed·10⁷ + index < 10⁹)."""
@@ -57,7 +57,7 @@ def build_components(size: int, frames: int, seed: int):
     """Fresh (untrained) VAE, UNet, image encoder, feature extractor and scheduler.
 
     The UNet is the SPEC §9 tiny SVD UNet with ``num_frames`` set to the trained length."""
-    from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
+    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     with torch.random.fork_rng(devices=[]):
@@ -96,21 +96,7 @@ def build_components(size: int, frames: int, seed: int):
             )
         ).eval()
     feature_extractor = CLIPImageProcessor(crop_size=CLIP_SIZE, size=CLIP_SIZE)
-    # stabilityai/stable-video-diffusion-img2vid scheduler_config.json.
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        interpolation_type="linear",
-        num_train_timesteps=1000,
-        prediction_type="v_prediction",
-        sigma_max=700.0,
-        sigma_min=0.002,
-        steps_offset=1,
-        timestep_spacing="leading",
-        timestep_type="continuous",
-        use_karras_sigmas=True,
-    )
+    scheduler = svd_scheduler()
     return vae, unet, image_encoder, feature_extractor, scheduler
 
 
