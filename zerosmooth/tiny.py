@@ -48,6 +48,7 @@ except ImportError:  # older transformers: one CLIPImageProcessor class
 
 __all__ = [
     "tiny_clip_tokenizer",
+    "tiny_svd_components",
     "tiny_svd_pipeline",
     "tiny_animatediff_pipeline",
     "tiny_text_to_video_pipeline",
@@ -148,19 +149,31 @@ def svd_scheduler() -> EulerDiscreteScheduler:
     )
 
 
-def tiny_svd_pipeline(seed: int = 0) -> StableVideoDiffusionPipeline:
-    """A tiny untrained Stable Video Diffusion (image-to-video) pipeline.
+CLIP_SIZE = 224  # the SVD pipeline resizes the conditioning image to 224 px for the CLIP tower
 
-    UNetSpatioTemporalConditionModel with the SPEC §9 config, a two-level temporal-decoder VAE
-    (spatial factor 2), a 2-layer CLIP vision tower (224 px input, 32 px patches) and SVD's own Euler
-    (EDM, v-prediction, Karras sigmas) scheduler config. Call it with e.g. ``height=32, width=32, num_frames=4``.
+
+def tiny_svd_components(seed: int = 0, size: int = 32, frames: int = 25) -> dict:
+    """Fresh (untrained) components of a tiny Stable Video Diffusion pipeline, as keyword arguments
+    of ``StableVideoDiffusionPipeline``.
+
+    UNetSpatioTemporalConditionModel with the SPEC §9 config (``num_frames=frames``), a two-level
+    temporal-decoder VAE (spatial factor 2, so ``size``-px frames have ``size/2``-px latents), a
+    2-layer CLIP vision tower (224 px input, 32 px patches, so 7×7 tokens) and SVD's own Euler (EDM,
+    v-prediction, Karras sigmas) scheduler. ``zerosmooth.train_tiny`` trains exactly these.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        vae = AutoencoderKLTemporalDecoder(
+            block_out_channels=(32, 64),
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            latent_channels=4,
+            sample_size=size,
+        )
+        torch.manual_seed(seed + 1)
         unet = UNetSpatioTemporalConditionModel(
             block_out_channels=(32, 64),
             layers_per_block=2,
-            sample_size=32,
+            sample_size=size // 2,
             in_channels=8,
             out_channels=4,
             down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
@@ -169,38 +182,33 @@ def tiny_svd_pipeline(seed: int = 0) -> StableVideoDiffusionPipeline:
             num_attention_heads=8,
             projection_class_embeddings_input_dim=96,
             addition_time_embed_dim=32,
-        ).eval()
-        torch.manual_seed(seed)
-        vae = AutoencoderKLTemporalDecoder(
-            block_out_channels=(32, 64),
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            latent_channels=4,
-        ).eval()
-        torch.manual_seed(seed)
+            num_frames=frames,
+        )
+        torch.manual_seed(seed + 2)
         image_encoder = CLIPVisionModelWithProjection(
             CLIPVisionConfig(
                 hidden_size=32,
                 projection_dim=32,
                 num_hidden_layers=2,
                 num_attention_heads=4,
-                image_size=224,
+                image_size=CLIP_SIZE,
                 intermediate_size=37,
                 patch_size=32,
             )
-        ).eval()
-    # The pipeline itself resizes the conditioning image to 224 px before the processor normalises it;
-    # 32 px patches keep the tower at 7×7 tokens.
-    feature_extractor = _CLIPImageProcessor(crop_size=224, size=224)
-    scheduler = svd_scheduler()
-    return StableVideoDiffusionPipeline(
-        vae=vae,
-        image_encoder=image_encoder,
-        unet=unet,
-        scheduler=scheduler,
-        feature_extractor=feature_extractor,
-    )
+        )
+    return {
+        "vae": vae.eval(),
+        "image_encoder": image_encoder.eval(),
+        "unet": unet.eval(),
+        "scheduler": svd_scheduler(),
+        "feature_extractor": _CLIPImageProcessor(crop_size=CLIP_SIZE, size=CLIP_SIZE),
+    }
+
+
+def tiny_svd_pipeline(seed: int = 0) -> StableVideoDiffusionPipeline:
+    """A tiny untrained Stable Video Diffusion (image-to-video) pipeline built from
+    :func:`tiny_svd_components`. Call it with e.g. ``height=32, width=32, num_frames=4``."""
+    return StableVideoDiffusionPipeline(**tiny_svd_components(seed))
 
 
 def tiny_animatediff_pipeline(seed: int = 0) -> AnimateDiffPipeline:

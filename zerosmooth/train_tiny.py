@@ -44,60 +44,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from zerosmooth.data.world import RENDER_FPS, WorldConfig, render_clip
-from zerosmooth.tiny import svd_scheduler
+from zerosmooth.tiny import CLIP_SIZE, tiny_svd_components
 
 HELD_OUT_SEED_BASE = 1_000_000_000
 """World seeds from here up are never used for training (training uses seed·10⁷ + index < 10⁹)."""
 
 MOTION_BUCKET_ID = 127  # SVD pipeline default; constant here (the world has no motion-amount label)
-CLIP_SIZE = 224  # the SVD pipeline resizes the conditioning image to 224 px for the CLIP tower
-
-
-def build_components(size: int, frames: int, seed: int):
-    """Fresh (untrained) VAE, UNet, image encoder, feature extractor and scheduler.
-
-    The UNet is the SPEC §9 tiny SVD UNet with ``num_frames`` set to the trained length."""
-    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        vae = AutoencoderKLTemporalDecoder(
-            block_out_channels=(32, 64),
-            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            latent_channels=4,
-            sample_size=size,
-        )
-        torch.manual_seed(seed + 1)
-        unet = UNetSpatioTemporalConditionModel(
-            block_out_channels=(32, 64),
-            layers_per_block=2,
-            sample_size=size // 2,
-            in_channels=8,
-            out_channels=4,
-            down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
-            up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
-            cross_attention_dim=32,
-            num_attention_heads=8,
-            projection_class_embeddings_input_dim=96,
-            addition_time_embed_dim=32,
-            num_frames=frames,
-        )
-        torch.manual_seed(seed + 2)
-        image_encoder = CLIPVisionModelWithProjection(
-            CLIPVisionConfig(
-                hidden_size=32,
-                projection_dim=32,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                image_size=CLIP_SIZE,
-                intermediate_size=37,
-                patch_size=32,
-            )
-        ).eval()
-    feature_extractor = CLIPImageProcessor(crop_size=CLIP_SIZE, size=CLIP_SIZE)
-    scheduler = svd_scheduler()
-    return vae, unet, image_encoder, feature_extractor, scheduler
 
 
 def clip_batch(seeds: list[int], frames: int, strides: list[int], world: WorldConfig) -> torch.Tensor:
@@ -340,7 +292,8 @@ def train(args: argparse.Namespace) -> Path:
         log_file.flush()
 
     world = WorldConfig(size=args.size)
-    vae, unet, image_encoder, feature_extractor, scheduler = build_components(args.size, args.frames, args.seed)
+    parts = tiny_svd_components(args.seed, args.size, args.frames)
+    vae, unet, image_encoder, feature_extractor = parts["vae"], parts["unet"], parts["image_encoder"], parts["feature_extractor"]
     t_start = time.time()
     train_vae(vae, args, world, args.out, log)
     train_decoder(vae, args, world, args.out, log)
@@ -355,7 +308,7 @@ def train(args: argparse.Namespace) -> Path:
     }
     targets = [args.out / "pipeline"] + ([args.export] if args.export else [])
     for target in targets:
-        export_pipeline(vae, ema, image_encoder, feature_extractor, scheduler, target, meta)
+        export_pipeline(vae, ema, image_encoder, feature_extractor, parts["scheduler"], target, meta)
     log(f"exported to {', '.join(map(str, targets))}")
     log_file.close()
     return targets[-1]
