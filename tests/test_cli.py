@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import imageio.v2 as imageio
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -55,6 +56,12 @@ def _check_outputs(stem: Path, frames: int, size: int, rows: int):
         assert sheet.format == "PNG"
         # Each row holds a 96-px tile plus borders; the widest row holds frames tiles.
         assert sheet.height >= rows * 96 and sheet.width >= frames * 96
+    # The comparison video: one 6×-enlarged 192-px panel per stage, 4-px gaps, a 16-px header.
+    compare = _mp4_frames(stem.with_name(stem.name + "_compare.mp4"))
+    assert len(compare) == frames
+    assert compare[0].shape == (16 + 192, rows * 196 - 4, 3)
+    with Image.open(stem.with_name(stem.name + "_compare.gif")) as gif:
+        assert gif.n_frames == frames
 
 
 def test_generate_image_to_video_in_process(svd_dir, tmp_path, capsys):
@@ -235,3 +242,20 @@ def test_video_writers_accept_pil_and_odd_sizes(tmp_path):
         video.contact_sheet([frames, frames], scale=2)
     with pytest.raises(ValueError, match="float array must have shape"):
         video.to_uint8(torch.rand(3, 5, 8, 8))
+
+
+def test_side_by_side_holds_each_stage_over_the_same_time_span():
+    stages = [torch.rand(3 * 2**s, 3, 10, 14) for s in range(3)]  # 3 -> 6 -> 12 frames, scale 2
+    canvas = video.side_by_side(stages, scale=2, min_height=25)  # 10-px frames enlarged 3× to 30 px
+    assert canvas.shape == (12, 16 + 30, 3 * 42 + 2 * 4, 3)
+    for s, stage in enumerate(video.to_uint8(v) for v in stages):
+        left = s * (42 + 4)
+        panel = canvas[:, 16:, left : left + 42]
+        hold = 2 ** (2 - s)
+        for t in range(12):
+            np.testing.assert_array_equal(panel[t, ::3, ::3], stage[t // hold])
+            np.testing.assert_array_equal(panel[t, 2::3, 2::3], stage[t // hold])
+    with pytest.raises(ValueError, match=r"stages\[1\] must have 6 frames"):
+        video.side_by_side([stages[0], stages[0]], scale=2)
+    with pytest.raises(ValueError, match=r"stages\[1\] has frames of shape \[10, 10, 3\]"):
+        video.side_by_side([stages[0], torch.rand(6, 3, 10, 10)], scale=2)

@@ -1,7 +1,8 @@
 """The ``zerosmooth`` command.
 
 * ``zerosmooth generate``: run a diffusers video pipeline through the ZeroSmooth cascade and write
-  an mp4, a gif and a PNG contact sheet (key vs interpolated frames per stage). With no
+  an mp4, a gif, a PNG contact sheet (key vs interpolated frames per stage) and a side-by-side
+  comparison video of all stages over the same time span. With no
   ``--model`` it runs the embedded default model, a tiny SVD-style pipeline trained on the
   procedural world (``zerosmooth.embedded``), fed a frame of that world; in a checkout without the
   shipped weights it falls back to the tiny *untrained* pipeline built from config
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Generate a video with a diffusers video pipeline (StableVideoDiffusionPipeline, AnimateDiffPipeline, "
             "TextToVideoSDPipeline) and multiply its frame rate with the ZeroSmooth cascade. Writes OUT.mp4, "
-            "OUT.gif and OUT_sheet.png."
+            "OUT.gif, OUT_sheet.png and (with 2+ stages) OUT_compare.mp4/.gif, all stages side by side."
         ),
     )
     gen.add_argument(
@@ -119,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         default=Path("out/zerosmooth"),
-        help="output stem: writes STEM.mp4, STEM.gif, STEM_sheet.png; an existing directory writes "
-        "DIR/zerosmooth.* (default out/zerosmooth)",
+        help="output stem: writes STEM.mp4, STEM.gif, STEM_sheet.png, STEM_compare.mp4/.gif; an existing "
+        "directory writes DIR/zerosmooth.* (default out/zerosmooth)",
     )
     gen.add_argument(
         "--device", default="auto", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)"
@@ -375,6 +376,10 @@ def generate(args: argparse.Namespace) -> int:
     sheet_path = stem.with_name(stem.name + "_sheet.png")
     video.contact_sheet(stages, config.scale, sheet_path)
     written.append(sheet_path)
+    if len(stages) > 1:
+        comparison = video.side_by_side(stages, config.scale)
+        written.append(video.write_mp4(comparison, stem.with_name(stem.name + "_compare.mp4"), fps=out_fps))
+        written.append(video.write_gif(comparison, stem.with_name(stem.name + "_compare.gif"), fps=out_fps))
 
     elapsed = time.perf_counter() - start
     counts = " -> ".join(str(len(stage)) for stage in stages)

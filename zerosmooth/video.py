@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["to_uint8", "write_mp4", "write_gif", "contact_sheet"]
+__all__ = ["to_uint8", "write_mp4", "write_gif", "contact_sheet", "side_by_side"]
 
 Frames = Union[torch.Tensor, np.ndarray, Sequence[Image.Image]]
 
@@ -106,6 +106,60 @@ def write_gif(frames: Frames, path: Union[str, Path], fps: float) -> Path:
     return path
 
 
+def _stage_videos(stages: Sequence[Frames], scale: int) -> list[np.ndarray]:
+    """The stages as uint8 videos, checked to have ``t0·scale^(s-1)`` frames each."""
+    if not stages:
+        raise ValueError("stages: expected at least one stage, got an empty sequence")
+    if not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+    videos = [to_uint8(stage) for stage in stages]
+    base = len(videos[0])
+    for index, video in enumerate(videos, start=1):
+        expected = base * scale ** (index - 1)
+        if len(video) != expected:
+            raise ValueError(
+                f"stages[{index - 1}] must have {expected} frames (stage 1 has {base}, scale {scale}), got {len(video)}"
+            )
+        if video.shape[1:] != videos[0].shape[1:]:
+            raise ValueError(
+                f"stages[{index - 1}] has frames of shape {list(video.shape[1:])}, "
+                f"stage 1 has {list(videos[0].shape[1:])}"
+            )
+    return videos
+
+
+def side_by_side(stages: Sequence[Frames], scale: int, min_height: int = 192) -> np.ndarray:
+    """One comparison video of all stages next to each other, stage 1 on the left, every stage over
+    the same time span: at the last stage's frame rate, stage ``s`` holds each of its frames for
+    ``scale^(S-s)`` frames. A header names each panel's frame-rate factor ("1x", "2x", …).
+
+    Args:
+        stages: one video per stage, stage 1 first (see ``contact_sheet``).
+        scale: the frame-rate factor between consecutive stages.
+        min_height: frames smaller than this are enlarged by an integer factor (nearest neighbour).
+
+    Returns:
+        uint8 array ``[T_S, header + zoom·H, S·zoom·W + (S−1)·gap, 3]``, ``T_S`` the last stage's frames.
+    """
+    videos = _stage_videos(stages, scale)
+    zoom = max(1, -(-min_height // videos[0].shape[1]))
+    gap, header = 4, 16
+    height, width = zoom * videos[0].shape[1], zoom * videos[0].shape[2]
+    frames = len(videos[-1])
+    canvas = np.empty((frames, header + height, len(videos) * (width + gap) - gap, 3), np.uint8)
+    canvas[:] = BACKGROUND
+    label = Image.new("RGB", (canvas.shape[2], header), BACKGROUND)
+    draw = ImageDraw.Draw(label)
+    for s, video in enumerate(videos):
+        left = s * (width + gap)
+        draw.text((left + 2, 2), f"{scale**s}x  {len(video)} frames", fill=TEXT_COLOUR, font=ImageFont.load_default())
+        hold = scale ** (len(videos) - 1 - s)
+        enlarged = video.repeat(zoom, axis=1).repeat(zoom, axis=2)
+        canvas[:, header:, left : left + width] = enlarged.repeat(hold, axis=0)
+    canvas[:, :header] = np.asarray(label)
+    return canvas
+
+
 def contact_sheet(
     stages: Sequence[Frames],
     scale: int,
@@ -131,18 +185,8 @@ def contact_sheet(
     Returns:
         The sheet as an RGB PIL image.
     """
-    if not stages:
-        raise ValueError("stages: expected at least one stage, got an empty sequence")
-    if not isinstance(scale, int) or scale < 1:
-        raise ValueError(f"scale must be a positive integer, got {scale!r}")
-    videos = [to_uint8(stage) for stage in stages]
+    videos = _stage_videos(stages, scale)
     base = len(videos[0])
-    for index, video in enumerate(videos, start=1):
-        expected = base * scale ** (index - 1)
-        if len(video) != expected:
-            raise ValueError(
-                f"stages[{index - 1}] must have {expected} frames (stage 1 has {base}, scale {scale}), got {len(video)}"
-            )
     spread = scale ** (len(videos) - 1)  # columns per base frame
     columns = min(base * spread, max(spread, max_columns // spread * spread))
 
