@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from PIL import Image
 
 from zerosmooth import evaluate, metrics
 from zerosmooth.data.world import WorldConfig, render_clip
@@ -54,9 +55,11 @@ def test_evaluate_end_to_end(tmp_path):
     assert names == ["real", "repeat", "blend", "direct", "zerosmooth"]
     assert next(r for r in rows if r["method"] == "repeat")["ssim_key"] == pytest.approx(1.0)
     assert not math.isnan(next(r for r in rows if r["method"] == "zerosmooth")["psnr_key"])
-    for name in ("table.csv", "per_seed.csv", "table.md", "plot.png", "strip_2x_zerosmooth.png"):
+    for name in ("table.csv", "per_seed.csv", "table.md", "plot.png", "strips_2x.png"):
         assert (tmp_path / name).is_file()
     assert "| 2× | zerosmooth |" in (tmp_path / "table.md").read_text()
+    with Image.open(tmp_path / "strips_2x.png") as strips:  # one 3×-enlarged row per name, real first
+        assert strips.size == (110 + 3 * 4 * 32, len(names) * (3 * (2 + 32) + 3))
 
 
 def test_bad_method(tmp_path):

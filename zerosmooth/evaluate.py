@@ -22,8 +22,8 @@ Columns (see ``zerosmooth.metrics``): key-frame PSNR/SSIM against the base video
 ``fd_stats``: a Fréchet distance between 11 hand-crafted spatio-temporal statistics
 (``metrics.clip_features``) of generated clips and of the world's real rendered clips at the same
 frame rate — a proxy for FVD, not FVD (no I3D network offline). A ``real`` row gives the metrics of
-the rendered ground truth. Saves per-seed and aggregated CSV, a markdown table, a plot and a frame
-strip per method into ``--out``.
+the rendered ground truth. Saves per-seed and aggregated CSV, a markdown table, a plot and, per scale, a sheet of the first
+seed's frames with one row per method (``strips_2x.png``, ``strips_4x.png``) into ``--out``.
 """
 
 from __future__ import annotations
@@ -208,19 +208,33 @@ def _write(out: Path, per_seed, rows, strips, args) -> None:
     (out / "table.md").write_text(f"Command: `{command}`\n\n{table}\n")
     print(table)
     _plot(out / "plot.png", rows)
-    for (factor, name), video in strips.items():
-        _strip(video, factor).save(out / f"strip_{factor}x_{name}.png")
+    for factor in sorted({factor for factor, _ in strips}):
+        videos = {name: strips[(factor, name)] for name in ["real", *METHODS] if (factor, name) in strips}
+        _strip_sheet(videos, factor).save(out / f"strips_{factor}x.png")
 
 
-def _strip(video: torch.Tensor, factor: int, zoom: int = 3) -> Image.Image:
-    """The frames side by side, key frames (every ``factor``-th) marked by a white bar above."""
-    frames = []
-    for f, frame in enumerate(video):
-        bar = torch.full((3, 2, frame.shape[2]), 1.0 if f % factor == 0 else 0.0)
-        frames.append(torch.cat([bar, frame], dim=1))
-    sheet = torch.cat(frames, dim=2).permute(1, 2, 0).numpy()
-    img = Image.fromarray((sheet * 255).round().astype(np.uint8))
-    return img.resize((img.width * zoom, img.height * zoom), Image.NEAREST)
+def _strip_sheet(videos: dict[str, torch.Tensor], factor: int, zoom: int = 3) -> Image.Image:
+    """One labelled row of frames per method, key frames (every ``factor``-th) marked by a white
+    bar above them, so the methods' in-between frames can be compared column by column."""
+    from PIL import ImageDraw, ImageFont
+
+    rows = []
+    for video in videos.values():
+        frames = []
+        for f, frame in enumerate(video):
+            bar = torch.full((3, 2, frame.shape[2]), 1.0 if f % factor == 0 else 0.0)
+            frames.append(torch.cat([bar, frame], dim=1))
+        rows.append(torch.cat(frames, dim=2))
+    label_width, gap = 110, 3
+    height, width = rows[0].shape[1] * zoom, rows[0].shape[2] * zoom
+    sheet = Image.new("RGB", (label_width + width, len(rows) * (height + gap)), (0, 0, 0))
+    draw = ImageDraw.Draw(sheet)
+    for r, (name, row) in enumerate(zip(videos, rows)):
+        img = Image.fromarray((row.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+        top = r * (height + gap)
+        sheet.paste(img.resize((width, height), Image.NEAREST), (label_width, top))
+        draw.text((4, top + height // 2 - 6), name, fill=(235, 235, 235), font=ImageFont.load_default())
+    return sheet
 
 
 def _plot(path: Path, rows: list[dict]) -> None:
