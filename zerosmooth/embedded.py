@@ -30,6 +30,10 @@ def load_embedded_pipeline(device: str | torch.device = "cpu", dtype: torch.dtyp
             f"the embedded model is not shipped in this checkout ({path} has no model_index.json). "
             f"Train it with: python -m zerosmooth.train_tiny --out /tmp/tiny_world_run --export {path}"
         )
-    pipe = StableVideoDiffusionPipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+    # low_cpu_mem_usage=False: the model is 10 MB, so accelerate's lazy loading buys nothing, and
+    # without accelerate installed diffusers would otherwise warn on every load.
+    pipe = StableVideoDiffusionPipeline.from_pretrained(
+        path, dtype=dtype, local_files_only=True, low_cpu_mem_usage=False
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
