@@ -49,10 +49,10 @@ def test_frechet_distance():
 def test_evaluate_end_to_end(tmp_path):
     rows = evaluate.evaluate(evaluate.parse_args([
         "--model", "tiny", "--out", str(tmp_path), "--seeds", "2", "--scales", "2", "--steps", "1",
-        "--frames", "2", "--methods", "repeat,blend,direct,zerosmooth", "--threads", "1",
+        "--frames", "2", "--methods", "no_positions,repeat,blend,direct,zerosmooth", "--threads", "1",
     ]))
     names = [r["method"] for r in rows]
-    assert names == ["real", "repeat", "blend", "direct", "zerosmooth"]
+    assert names == ["real", "repeat", "blend", "direct", "zerosmooth", "no_positions"]  # paper rows, then diagnostics
     assert next(r for r in rows if r["method"] == "repeat")["ssim_key"] == pytest.approx(1.0)
     assert not math.isnan(next(r for r in rows if r["method"] == "zerosmooth")["psnr_key"])
     for name in ("table.csv", "per_seed.csv", "table.md", "plot.png", "strips_2x.png"):
@@ -60,6 +60,11 @@ def test_evaluate_end_to_end(tmp_path):
     assert "| 2× | zerosmooth |" in (tmp_path / "table.md").read_text()
     with Image.open(tmp_path / "strips_2x.png") as strips:  # one 3×-enlarged row per name, real first
         assert strips.size == (110 + 3 * 4 * 32, len(names) * (3 * (2 + 32) + 3))
+
+
+def test_diagnostics_are_opt_in():
+    default = evaluate.parse_args([]).methods.split(",")
+    assert default == list(evaluate.METHODS) and not set(default) & set(evaluate.DIAGNOSTICS)
 
 
 def test_bad_method(tmp_path):

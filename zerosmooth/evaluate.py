@@ -16,6 +16,11 @@ all rows share one base video. Rows (the paper's Tables 1 and 3):
   ``temporal_only`` (``correct_spatial=False``), ``kv_sample`` (K/V corrected with ``sample``
   instead of the boxes), ``no_blend`` (constant strength 1: corrected attention only).
 
+Diagnostic rows (only when named in ``--methods``) take one piece away at a time:
+``no_correction`` (no back-projection anywhere; windows and interpolated positions kept),
+``no_positions`` (``interpolate_positions=False``), ``full_window`` (temporal attention over all
+frames), ``constant_strength`` (``w = w_max`` at every step), ``color`` (AdaIN colour correction on).
+
 Columns (see ``zerosmooth.metrics``): key-frame PSNR/SSIM against the base video; ``interp_err``
 (px) of in-between frames from the straight motion between their key frames and ``accel``
 (px/frame²) from colour-tracked object centroids, plus ``lost`` (fraction of untracked objects);
@@ -55,6 +60,15 @@ METHODS: dict[str, dict | None] = {
     "kv_sample": {"kv_kind": "sample"},
     "no_blend": {"strength": 1.0, "strength_schedule": "constant"},
 }
+# Diagnostic rows, run only when named in --methods: which part of ZeroSmooth does the work.
+DIAGNOSTICS: dict[str, dict] = {
+    "no_correction": {"correct_spatial": False, "correct_temporal": False, "correct_cross": False},
+    "no_positions": {"interpolate_positions": False},
+    "full_window": {"temporal_windows": False},
+    "constant_strength": {"strength_schedule": "constant"},
+    "color": {"color_correction": True},
+}
+RUNS: dict[str, dict | None] = {**METHODS, **DIAGNOSTICS}
 COLUMNS = ("psnr_key", "ssim_key", "interp_err", "accel", "lost", "fd_stats")
 
 
@@ -118,10 +132,10 @@ def evaluate(args: argparse.Namespace) -> list[dict]:
         args.frames = pipe.unet.config.num_frames
     world = WorldConfig(size=args.size)
     methods = [m for m in args.methods.split(",")]
-    unknown = set(methods) - set(METHODS)
+    unknown = set(methods) - set(RUNS)
     if unknown:
-        raise ValueError(f"unknown methods {sorted(unknown)}; choose from {list(METHODS)}")
-    if "zerosmooth" not in methods and any(METHODS[m] is None for m in methods):
+        raise ValueError(f"unknown methods {sorted(unknown)}; choose from {list(RUNS)}")
+    if "zerosmooth" not in methods and any(RUNS[m] is None for m in methods):
         methods = ["zerosmooth"] + methods  # repeat/blend need the base video of a cascade run
     scales = [int(s) for s in args.scales.split(",")]
     for s in scales:
@@ -139,12 +153,12 @@ def evaluate(args: argparse.Namespace) -> list[dict]:
             real = clip.strided(4 // factor, factor * args.frames).frames
             videos = {"real": real}
             base = None
-            for name in sorted(methods, key=lambda m: METHODS[m] is None):  # model runs first
+            for name in sorted(methods, key=lambda m: RUNS[m] is None):  # model runs first
                 t = time.time()
-                if METHODS[name] is None:
+                if RUNS[name] is None:
                     videos[name] = repeat_frames(base, factor) if name == "repeat" else blend_frames(base, factor)
                 else:
-                    videos[name], run_base = generate(pipe, METHODS[name], factor, image, args, seed)
+                    videos[name], run_base = generate(pipe, RUNS[name], factor, image, args, seed)
                     base = run_base if base is None else base
                 print(f"seed {k} {factor}x {name}: {time.time() - t:.1f}s", flush=True)
             for name, video in videos.items():
@@ -158,7 +172,7 @@ def evaluate(args: argparse.Namespace) -> list[dict]:
                 if k == 0:
                     strips[(factor, name)] = video
 
-    rows = _aggregate(per_seed, features, scales, ["real"] + [m for m in METHODS if m in methods])
+    rows = _aggregate(per_seed, features, scales, ["real"] + [m for m in RUNS if m in methods])
     _write(args.out, per_seed, rows, strips, args)
     return rows
 
@@ -209,7 +223,7 @@ def _write(out: Path, per_seed, rows, strips, args) -> None:
     print(table)
     _plot(out / "plot.png", rows)
     for factor in sorted({factor for factor, _ in strips}):
-        videos = {name: strips[(factor, name)] for name in ["real", *METHODS] if (factor, name) in strips}
+        videos = {name: strips[(factor, name)] for name in ["real", *RUNS] if (factor, name) in strips}
         _strip_sheet(videos, factor).save(out / f"strips_{factor}x.png")
 
 
@@ -268,7 +282,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("out/eval"))
     p.add_argument("--seeds", type=int, default=8, help="number of held-out world seeds")
     p.add_argument("--scales", default="2,4")
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"rows to run (default: the paper's table); diagnostics: {','.join(DIAGNOSTICS)}")
     p.add_argument("--steps", type=int, default=12, help="denoising steps")
     p.add_argument("--size", type=int, default=32, help="frame size in pixels")
     p.add_argument("--frames", type=int, default=None, help="t0 (default: the UNet's num_frames)")
