@@ -1,6 +1,7 @@
 """Train a tiny Stable-Video-Diffusion-style image-to-video model on the procedural world.
 
-    python -m zerosmooth.train_tiny --out /tmp/tiny_world_run            # full run (CPU, ~30-60 min)
+    python -m zerosmooth.train_tiny --out /tmp/tiny_world_run            # the shipped model's settings (2 CPU cores, ~85 min)
+    python -m zerosmooth.train_tiny --out /tmp/tiny_world_run --steps 1500   # a weaker model in ~1 hour
     python -m zerosmooth.train_tiny --out /tmp/run --export zerosmooth/data/tiny_world_svd
 
 Two phases, both deterministic from ``--seed``:
@@ -258,12 +259,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=32, help="frame size in pixels (latents are size/2)")
     p.add_argument("--frames", type=int, default=8, help="t0, the trained number of frames")
-    p.add_argument("--vae-steps", type=int, default=600)
-    p.add_argument("--vae-batch", type=int, default=16, help="frames per VAE step")
+    p.add_argument("--vae-steps", type=int, default=1500)
+    p.add_argument("--vae-batch", type=int, default=8, help="frames per VAE step")
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--vae-kl", type=float, default=1e-4)
-    p.add_argument("--decoder-steps", type=int, default=600, help="decoder refinement steps (0: none)")
-    p.add_argument("--steps", type=int, default=3000, help="UNet optimisation steps")
+    p.add_argument("--decoder-steps", type=int, default=300, help="decoder refinement steps (0: none)")
+    p.add_argument("--steps", type=int, default=2500, help="UNet optimisation steps")
     p.add_argument("--batch", type=int, default=4, help="clips per UNet step")
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--warmup", type=int, default=100)
