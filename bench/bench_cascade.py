@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from zerosmooth import ZeroSmooth, ZeroSmoothConfig
-from zerosmooth.tiny import tiny_svd_pipeline
+from zerosmooth.lab.tiny import tiny_svd_pipeline
 
 SIZE = 32
 BASE_FRAMES = 4

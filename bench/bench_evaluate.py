@@ -5,8 +5,8 @@ what the benchmark measures, the table itself is printed."""
 
 import pytest
 
-from zerosmooth import evaluate
-from zerosmooth.embedded import embedded_model_path
+from zerosmooth.demo import embedded_model_path
+from zerosmooth.lab import evaluate
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from zerosmooth.adapters.base import install_hooks, remove_hooks
 from zerosmooth.attention import CascadeState, KeyStateCache
 from zerosmooth.color import adain_to_key_frames
 from zerosmooth.noise import stage_noise
-from zerosmooth.tiny import tiny_animatediff_pipeline, tiny_svd_pipeline, tiny_text_to_video_pipeline
+from zerosmooth.lab.tiny import tiny_animatediff_pipeline, tiny_svd_pipeline, tiny_text_to_video_pipeline
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

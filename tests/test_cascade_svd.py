@@ -6,7 +6,7 @@ from zs_helpers import count_unet_calls, frames, generator, svd_kwargs
 
 from zerosmooth import ZeroSmooth, ZeroSmoothConfig
 from zerosmooth.noise import stage_noise
-from zerosmooth.tiny import tiny_svd_pipeline
+from zerosmooth.lab.tiny import tiny_svd_pipeline
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

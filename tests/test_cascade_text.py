@@ -7,7 +7,7 @@ from zs_helpers import count_unet_calls, feed_variance_noise, frames, generator,
 
 from zerosmooth import ZeroSmooth, ZeroSmoothConfig
 from zerosmooth.noise import stage_noise
-from zerosmooth.tiny import tiny_animatediff_pipeline, tiny_text_to_video_pipeline
+from zerosmooth.lab.tiny import tiny_animatediff_pipeline, tiny_text_to_video_pipeline
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from zerosmooth import cli, tiny, video
+from zerosmooth import cli, video
+from zerosmooth.lab import tiny
 
 # Small enough for a few seconds per run: 32×32 px, 4 base frames, 2 steps.
 TINY_ARGS = ["--height", "32", "--width", "32", "--frames", "4", "--steps", "2", "--no-progress"]
@@ -118,7 +119,7 @@ def test_without_shipped_weights_the_default_is_labelled_untrained(tmp_path, cap
     assert len(_mp4_frames(stem.with_name("demo.mp4"))) == 4
 
 
-@pytest.mark.parametrize("command, module", [("train-tiny", "zerosmooth.train_tiny"), ("evaluate", "zerosmooth.evaluate")])
+@pytest.mark.parametrize("command, module", [("train-tiny", "zerosmooth.lab.train"), ("evaluate", "zerosmooth.lab.evaluate")])
 def test_delegated_commands_hand_over_their_arguments(command, module, monkeypatch):
     received = []
     monkeypatch.setattr(importlib.import_module(module), "main", lambda argv: received.append(argv) or 0)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from zerosmooth import evaluate, metrics
-from zerosmooth.data.world import WorldConfig, render_clip
+from zerosmooth.lab import evaluate, metrics
+from zerosmooth.lab.world import WorldConfig, render_clip
 
 
 def test_blend_and_repeat_keep_key_frames():

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from zerosmooth import tiny
+from zerosmooth.lab import tiny
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from zerosmooth.data.world import RENDER_FPS, WorldConfig, frames_needed, render_clip, training_clip
+from zerosmooth.lab.world import RENDER_FPS, WorldConfig, render_clip, render_frames
 
 
 def test_deterministic_and_seed_dependent():
@@ -53,8 +53,8 @@ def test_objects_stay_inside_and_move_smoothly():
 
 
 def test_stride_semantics():
-    key, full = training_clip(5, num_key_frames=8, stride=4)
-    assert full.frames.shape[0] == frames_needed(8, 4) == 32
+    full = render_clip(5, 32, WorldConfig(size=32))
+    key = full.strided(4, 8)
     assert key.frames.shape[0] == 8
     for i in range(8):
         assert torch.equal(key.frames[i], full.frames[4 * i])
@@ -62,6 +62,17 @@ def test_stride_semantics():
     assert torch.equal(full.strided(2).frames, full.frames[0::2])
     with pytest.raises(ValueError, match="requested"):
         full.strided(4, 9)
+
+
+def test_render_frames_equals_the_same_frames_of_a_clip():
+    """Training renders only the frames it needs; they must be the clip's frames bit for bit."""
+    world = WorldConfig(size=24)
+    clip = render_clip(9, 41, world)
+    picked = render_frames(9, [40, 0, 13, 13], world)
+    assert torch.equal(picked.frames, clip.frames[[40, 0, 13, 13]])
+    assert torch.equal(picked.positions, clip.positions[[40, 0, 13, 13]])
+    with pytest.raises(ValueError, match="frame_indices"):
+        render_frames(9, [], world)
 
 
 def test_bad_config():

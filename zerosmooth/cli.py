@@ -4,11 +4,11 @@
   an mp4, a gif, a PNG contact sheet (key vs interpolated frames per stage) and a side-by-side
   comparison video of all stages over the same time span. With no
   ``--model`` it runs the embedded default model, a tiny SVD-style pipeline trained on the
-  procedural world (``zerosmooth.embedded``), fed a frame of that world; in a checkout without the
+  procedural world (``zerosmooth.demo``), fed a frame of that world; in a checkout without the
   shipped weights it falls back to the tiny *untrained* pipeline built from config
-  (``zerosmooth.tiny``), whose output is noise-like by design.
-* ``zerosmooth train-tiny …``: ``python -m zerosmooth.train_tiny …`` (trains the embedded model).
-* ``zerosmooth evaluate …``: ``python -m zerosmooth.evaluate …`` (the paper-style comparison).
+  (``zerosmooth.lab.tiny``), whose output is noise-like by design.
+* ``zerosmooth train-tiny …``: ``python -m zerosmooth.lab.train …`` (trains the embedded model).
+* ``zerosmooth evaluate …``: ``python -m zerosmooth.lab.evaluate …`` (the paper-style comparison).
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ UNTRAINED_NOTICE = (
 
 
 DELEGATED_COMMANDS = (
-    ("train-tiny", "zerosmooth.train_tiny", "train the embedded tiny model on the procedural world"),
-    ("evaluate", "zerosmooth.evaluate", "compare ZeroSmooth with baselines and ablations on the embedded model"),
+    ("train-tiny", "zerosmooth.lab.train", "train the embedded tiny model on the procedural world"),
+    ("evaluate", "zerosmooth.lab.evaluate", "compare ZeroSmooth with baselines and ablations on the embedded model"),
 )
 
 
@@ -220,17 +220,17 @@ def procedural_image(size: tuple[int, int], seed: int = 0) -> Image.Image:
 
 
 def embedded_model_shipped() -> bool:
-    from .embedded import embedded_model_path
+    from .demo import embedded_model_path
 
     return (embedded_model_path() / "model_index.json").is_file()
 
 
 def world_image(size: tuple[int, int], seed: int = 0) -> Image.Image:
     """A first frame of the procedural world (held-out seeds), the kind of input the embedded model knows."""
-    from .data.world import WorldConfig, render_clip
+    from .lab.world import HELD_OUT_SEED_BASE, WorldConfig, render_clip
 
     width, height = size
-    frames = render_clip(1_000_000_000 + seed, 1, WorldConfig(size=height)).frames  # [1, 3, H, W]
+    frames = render_clip(HELD_OUT_SEED_BASE + seed, 1, WorldConfig(size=height)).frames  # [1, 3, H, W]
     image = Image.fromarray(video.to_uint8(frames)[0])
     return image if image.size == (width, height) else image.resize((width, height))
 
@@ -239,10 +239,10 @@ def _load_pipeline(args: argparse.Namespace, device: torch.device, dtype: torch.
     """The pipeline named by ``--model`` (or the default model) on ``device`` in ``dtype``."""
     if args.model is None:
         if embedded_model_shipped():
-            from .embedded import load_embedded_pipeline
+            from .demo import load_embedded_pipeline
 
             return load_embedded_pipeline(device, dtype)
-        from .tiny import tiny_svd_pipeline
+        from .lab.tiny import tiny_svd_pipeline
 
         return tiny_svd_pipeline(seed=0).to(device=device, dtype=dtype)
     from diffusers import DiffusionPipeline

@@ -1,5 +1,5 @@
-"""The embedded default model: a tiny SVD-style image-to-video pipeline trained on the procedural
-world (``zerosmooth.train_tiny``), shipped as safetensors in ``zerosmooth/data/tiny_world_svd/``."""
+"""The embedded default model: a small SVD-style image-to-video pipeline trained on the procedural
+world (``zerosmooth.lab.train``), shipped as safetensors in ``zerosmooth/demo/``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ EMBEDDED_FPS = 7
 
 def embedded_model_path() -> Path:
     """Directory of the shipped pipeline (it may be absent; see ``load_embedded_pipeline``)."""
-    return Path(__file__).resolve().parent / "data" / "tiny_world_svd"
+    return Path(__file__).resolve().parent / "tiny_world_svd"
 
 
 def load_embedded_pipeline(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
@@ -28,7 +28,7 @@ def load_embedded_pipeline(device: str | torch.device = "cpu", dtype: torch.dtyp
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(
             f"the embedded model is not shipped in this checkout ({path} has no model_index.json). "
-            f"Train it with: python -m zerosmooth.train_tiny --out /tmp/tiny_world_run --export {path}"
+            f"Train it with: zerosmooth train-tiny --out /tmp/world_run --export {path}"
         )
     # low_cpu_mem_usage=False: the model is 10 MB, so accelerate's lazy loading buys nothing, and
     # without accelerate installed diffusers would otherwise warn on every load.

@@ -1,7 +1,7 @@
 """Evaluate ZeroSmooth, its baselines and its ablations on held-out seeds of the procedural world.
 
-    python -m zerosmooth.evaluate --out out/eval                       # the embedded model
-    python -m zerosmooth.evaluate --model tiny --seeds 2 --steps 2     # untrained tiny pipeline (smoke)
+    zerosmooth evaluate --out out/eval                       # the embedded model
+    zerosmooth evaluate --model tiny --seeds 2 --steps 2     # untrained tiny pipeline (smoke)
 
 For every held-out world seed, the first rendered frame is the conditioning image; each method makes
 an ``s``× video (``s`` = 2: scale 2, 2 stages; ``s`` = 4: scale 2, 3 stages) from the same noise, so
@@ -21,11 +21,11 @@ Diagnostic rows (only when named in ``--methods``) take one piece away at a time
 ``no_positions`` (``interpolate_positions=False``), ``full_window`` (temporal attention over all
 frames), ``constant_strength`` (``w = w_max`` at every step), ``color`` (AdaIN colour correction on).
 
-Columns (see ``zerosmooth.metrics``): key-frame PSNR/SSIM against the base video; ``interp_err``
+Columns (see ``zerosmooth.lab.metrics``): key-frame PSNR/SSIM against the base video; ``interp_err``
 (px) of in-between frames from the straight motion between their key frames and ``accel``
 (px/frame²) from colour-tracked object centroids, plus ``lost`` (fraction of untracked objects);
 ``fd_stats``: a Fréchet distance between 11 hand-crafted spatio-temporal statistics
-(``metrics.clip_features``) of generated clips and of the world's real rendered clips at the same
+(``zerosmooth.lab.metrics.clip_features``) of generated clips and of the world's real rendered clips at the same
 frame rate — a proxy for FVD, not FVD (no I3D network offline). A ``real`` row gives the metrics of
 the rendered ground truth. Saves per-seed and aggregated CSV, a markdown table, a plot and, per scale, a sheet of the first
 seed's frames with one row per method (``strips_2x.png``, ``strips_4x.png``) into ``--out``.
@@ -43,10 +43,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from zerosmooth.data.world import WorldConfig, render_clip
-from zerosmooth.metrics import clip_features, estimate_positions, frechet_distance, psnr, ssim, trajectory_metrics
+from zerosmooth.lab.metrics import clip_features, estimate_positions, frechet_distance, psnr, ssim, trajectory_metrics
 
-HELD_OUT_SEED_BASE = 1_000_000_000  # same constant as zerosmooth.train_tiny: never a training seed
+from zerosmooth.lab.world import HELD_OUT_SEED_BASE, WorldConfig, render_clip
 
 # Row name -> ZeroSmoothConfig overrides (None: computed from the base video, no model run).
 METHODS: dict[str, dict | None] = {
@@ -88,11 +87,11 @@ def blend_frames(base: torch.Tensor, factor: int) -> torch.Tensor:
 def load_pipeline(model: str):
     """``embedded`` (the shipped model), ``tiny`` (untrained tiny SVD pipeline) or a directory."""
     if model == "embedded":
-        from zerosmooth.embedded import load_embedded_pipeline
+        from zerosmooth.demo import load_embedded_pipeline
 
         return load_embedded_pipeline()
     if model == "tiny":
-        from zerosmooth.tiny import tiny_svd_pipeline
+        from zerosmooth.lab.tiny import tiny_svd_pipeline
 
         pipe = tiny_svd_pipeline(0)
     else:
@@ -217,7 +216,7 @@ def _write(out: Path, per_seed, rows, strips, args) -> None:
         writer = csv.DictWriter(f, fieldnames=["scale", "method", *COLUMNS])
         writer.writeheader()
         writer.writerows(rows)
-    command = "python -m zerosmooth.evaluate " + " ".join(args.argv)
+    command = "zerosmooth evaluate " + " ".join(args.argv)
     table = markdown_table(rows)
     (out / "table.md").write_text(f"Command: `{command}`\n\n{table}\n")
     print(table)
@@ -277,7 +276,7 @@ def _plot(path: Path, rows: list[dict]) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     argv = list(argv) if argv is not None else None
-    p = argparse.ArgumentParser(prog="python -m zerosmooth.evaluate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="zerosmooth evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="embedded", help="'embedded', 'tiny' (untrained) or a pipeline directory")
     p.add_argument("--out", type=Path, default=Path("out/eval"))
     p.add_argument("--seeds", type=int, default=8, help="number of held-out world seeds")

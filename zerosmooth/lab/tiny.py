@@ -1,5 +1,4 @@
-"""Tiny, untrained diffusers video pipelines built from config, for tests, benchmarks and the CLI's
-fallback default model.
+"""Tiny, untrained diffusers video pipelines built from config, for tests and benchmarks.
 
 Every builder is deterministic in its ``seed``, needs no network (no Hub download, not even for the
 tokenizer), runs its plain ``__call__`` on CPU at 32×32 px in a fraction of a second per step, and
@@ -47,7 +46,9 @@ except ImportError:  # older transformers: one CLIPImageProcessor class
     from transformers import CLIPImageProcessor as _CLIPImageProcessor
 
 __all__ = [
+    "clip_image_processor",
     "tiny_clip_tokenizer",
+    "tiny_clip_vision_encoder",
     "tiny_svd_components",
     "tiny_svd_pipeline",
     "tiny_animatediff_pipeline",
@@ -152,14 +153,36 @@ def svd_scheduler() -> EulerDiscreteScheduler:
 CLIP_SIZE = 224  # the SVD pipeline resizes the conditioning image to 224 px for the CLIP tower
 
 
+def tiny_clip_vision_encoder(seed: int) -> CLIPVisionModelWithProjection:
+    """A 2-layer CLIP vision tower (hidden size 32, 224 px input in 32 px patches: 7×7 tokens)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return CLIPVisionModelWithProjection(
+            CLIPVisionConfig(
+                hidden_size=32,
+                projection_dim=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                image_size=CLIP_SIZE,
+                intermediate_size=37,
+                patch_size=32,
+            )
+        ).eval()
+
+
+def clip_image_processor() -> _CLIPImageProcessor:
+    """The image processor SVD pipelines carry for their CLIP tower (resize and crop to 224 px)."""
+    return _CLIPImageProcessor(crop_size=CLIP_SIZE, size=CLIP_SIZE)
+
+
 def tiny_svd_components(seed: int = 0, size: int = 32, frames: int = 25) -> dict:
     """Fresh (untrained) components of a tiny Stable Video Diffusion pipeline, as keyword arguments
     of ``StableVideoDiffusionPipeline``.
 
     UNetSpatioTemporalConditionModel with the SPEC §9 config (``num_frames=frames``), a two-level
     temporal-decoder VAE (spatial factor 2, so ``size``-px frames have ``size/2``-px latents), a
-    2-layer CLIP vision tower (224 px input, 32 px patches, so 7×7 tokens) and SVD's own Euler (EDM,
-    v-prediction, Karras sigmas) scheduler. ``zerosmooth.train_tiny`` trains exactly these.
+    2-layer CLIP vision tower (:func:`tiny_clip_vision_encoder`) and SVD's own Euler (EDM,
+    v-prediction, Karras sigmas) scheduler.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -184,24 +207,13 @@ def tiny_svd_components(seed: int = 0, size: int = 32, frames: int = 25) -> dict
             addition_time_embed_dim=32,
             num_frames=frames,
         )
-        torch.manual_seed(seed + 2)
-        image_encoder = CLIPVisionModelWithProjection(
-            CLIPVisionConfig(
-                hidden_size=32,
-                projection_dim=32,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                image_size=CLIP_SIZE,
-                intermediate_size=37,
-                patch_size=32,
-            )
-        )
+        image_encoder = tiny_clip_vision_encoder(seed + 2)
     return {
         "vae": vae.eval(),
         "image_encoder": image_encoder.eval(),
         "unet": unet.eval(),
         "scheduler": svd_scheduler(),
-        "feature_extractor": _CLIPImageProcessor(crop_size=CLIP_SIZE, size=CLIP_SIZE),
+        "feature_extractor": clip_image_processor(),
     }
 
 

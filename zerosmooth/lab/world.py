@@ -20,6 +20,10 @@ RENDER_FPS = 28
 """Frame rate at which clips are rendered. Key frames at stride ``s`` play at ``RENDER_FPS / s``:
 stride 4 gives 7 fps, SVD's default ``fps`` argument, so the shipped model's base video is plain SVD usage."""
 
+HELD_OUT_SEED_BASE = 1_000_000_000
+"""World seeds from here up are never used for training (training seeds stay below 10⁹): evaluation
+and the command line's default input frames come from them."""
+
 SHAPES = ("circle", "square", "diamond")
 
 # Saturated, mutually distant object colours. Backgrounds are kept grey-ish and darker, so an
@@ -41,7 +45,7 @@ PALETTE = np.array(
 class WorldConfig:
     """Knobs of the world. The defaults are what the shipped model was trained on."""
 
-    size: int = 32
+    size: int = 64
     """Frame height and width in pixels."""
     min_objects: int = 1
     max_objects: int = 3
@@ -109,14 +113,6 @@ class Clip:
         return Clip(self.frames[index], self.positions[index], self.colors, self.radii, self.shapes)
 
 
-def frames_needed(num_key_frames: int, stride: int) -> int:
-    """Rendered frames needed so that ``num_key_frames`` key frames at ``stride`` exist, together
-    with every in-between frame up to the one just before where key frame ``num_key_frames`` would
-    be. That is ``num_key_frames · stride``: the high-frame-rate ground truth for scale ``stride``
-    has exactly ``stride`` frames per key frame (SPEC §2: ``t0`` key frames become ``n·t0``)."""
-    return num_key_frames * stride
-
-
 def _bounce(start: np.ndarray, velocity: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray):
     """Positions of points moving at constant velocity and reflecting off the walls [lo, hi].
 
@@ -180,6 +176,19 @@ def render_clip(seed: int, num_frames: int, config: WorldConfig | None = None) -
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    return render_frames(seed, range(num_frames), config)
+
+
+def render_frames(seed: int, frame_indices, config: WorldConfig | None = None) -> Clip:
+    """Render the given frames (indices at ``RENDER_FPS``, any order) of the world of ``seed``.
+
+    ``render_frames(seed, [i, j])`` equals frames ``i`` and ``j`` of ``render_clip(seed, n)``
+    exactly, without rendering the frames in between (training draws strided clips this way).
+    """
+    indices = np.asarray(list(frame_indices), dtype=np.int64)
+    if indices.size == 0 or indices.min() < 0:
+        raise ValueError(f"frame_indices must be a non-empty sequence of indices >= 0, got {indices.tolist()}")
+    num_frames = len(indices)
     cfg = config or WorldConfig()
     rng = np.random.default_rng(seed)
     size = cfg.size
@@ -205,9 +214,9 @@ def render_clip(seed: int, num_frames: int, config: WorldConfig | None = None) -
     background = _background(rng, cfg)
 
     # Trajectories.
-    t = np.arange(num_frames) / RENDER_FPS
-    if t[-1] > 60:
-        raise ValueError(f"clips longer than 60 s are not supported, got {num_frames} frames")
+    t = indices / RENDER_FPS
+    if t.max() > 60:
+        raise ValueError(f"clips longer than 60 s are not supported, got frame {indices.max()}")
     positions = np.where(
         easing[None, :, None], _ease(waypoints, t, cfg.ease_seconds), _bounce(start, velocity, t, lo, hi)
     )
@@ -229,14 +238,3 @@ def render_clip(seed: int, num_frames: int, config: WorldConfig | None = None) -
         radii=torch.from_numpy(radii.astype(np.float32)),
         shapes=shapes,
     )
-
-
-def training_clip(seed: int, num_key_frames: int = 8, stride: int = 4, config: WorldConfig | None = None):
-    """Key frames for training: ``num_key_frames`` frames every ``stride``-th rendered frame.
-
-    Returns ``(key, full)``: ``key`` is the strided clip the model sees, ``full`` the rendered
-    high-frame-rate clip of ``frames_needed(num_key_frames, stride)`` frames it was cut from, so
-    ``key.frames[i] == full.frames[stride * i]``.
-    """
-    full = render_clip(seed, frames_needed(num_key_frames, stride), config)
-    return full.strided(stride, num_key_frames), full
