@@ -10,11 +10,10 @@ from diffusers.models.embeddings import SinusoidalPositionalEmbedding
 from zs_helpers import generator, text_kwargs
 
 import zerosmooth.attention as attention
-from zerosmooth import ZeroSmooth, ZeroSmoothConfig
+from zerosmooth import ZeroSmooth, ZeroSmoothConfig, hooks
 from zerosmooth.adapters.animatediff import AnimateDiffAdapter, sinusoidal_embedding
-from zerosmooth.adapters.base import install_hooks, remove_hooks
-from zerosmooth.attention import CascadeState, KeyStateCache
 from zerosmooth.color import adain_to_key_frames
+from zerosmooth.state import KeyStateCache, Session, StageStep
 from zerosmooth.noise import stage_noise
 from zerosmooth.lab.tiny import tiny_animatediff_pipeline, tiny_svd_pipeline, tiny_text_to_video_pipeline
 
@@ -34,35 +33,46 @@ def test_fractional_pe_is_bit_identical_at_integer_positions(dim, length):
     assert torch.allclose(half[1::2], torch.cos(2.5 * div_term))
 
 
+def _session(factor: float) -> Session:
+    """A session in the middle of a UNet call whose frame positions are divided by ``factor``."""
+    session = Session(ZeroSmoothConfig(), window=4, stride=2, kv_generator=torch.Generator())
+    session.step = StageStep(stage=2, num_frames=20, unet_batch=1, position_factor=factor)
+    return session
+
+
 def test_pe_hook_interpolates_and_runs_beyond_max_seq_length():
     module = SinusoidalPositionalEmbedding(16, max_seq_length=8)
-    state = CascadeState()
-    hooks = AnimateDiffAdapter(tiny_animatediff_pipeline(0)).position_hooks(state)
-    assert hooks  # one per motion-module transformer block
-    installed = install_hooks([(module, hooks[0][1])])
+    slot = hooks.SessionSlot()
+    position_hooks = AnimateDiffAdapter(tiny_animatediff_pipeline(0)).position_hooks(slot)
+    assert position_hooks  # one per motion-module transformer block
+    installed = hooks.install([(module, position_hooks[0][1])])
     x = torch.zeros(3, 20, 16)
+    slot.session = _session(1)
     out = module(x)  # 20 > max_seq_length = 8
     assert torch.equal(out[0, :8], module.pe[0])
-    state.position_factor = 2
+    slot.session = _session(2)
     out = module(x)
     assert torch.equal(out[0, 0:8:2], module.pe[0, :4])  # key frame 2i lands on position i
-    remove_hooks(installed)
-    assert "forward" not in vars(module) and not hasattr(module, "_diffusers_hook")
+    slot.session = None
     with pytest.raises(RuntimeError):
-        module(x)  # the stock buffer again
+        module(x)  # outside a call: the stock buffer, which has only 8 positions
+    hooks.remove(installed)
+    assert not hooks.installed(module)
+    assert torch.equal(module(x[:, :8]), module.pe[:, :8].expand(3, -1, -1))
 
 
 def test_svd_time_proj_positions_are_divided():
     pipe = tiny_svd_pipeline(0)
     zerosmooth = ZeroSmooth(pipe)
-    hooked = [module for module, _ in zerosmooth.adapter.position_hooks(zerosmooth.state)]
+    hooked = [module for module, _ in zerosmooth.adapter.position_hooks(zerosmooth.slot)]
     assert hooked and pipe.unet.time_proj not in hooked  # the diffusion timestep embedding is untouched
     positions = torch.arange(8)
     with zerosmooth:
         plain = hooked[0](positions)
-        zerosmooth.state.position_factor = 2
+        zerosmooth.slot.session = _session(2)
         halved = hooked[0](positions)
-        zerosmooth.state.position_factor = 1
+        zerosmooth.slot.session = None
+        assert torch.equal(hooked[0](positions), plain)
     assert torch.equal(halved[::2], plain[:4])
     assert not torch.equal(halved[1], plain[1])
 
@@ -97,7 +107,7 @@ def test_processors_run_the_corrected_path(monkeypatch):
     config = ZeroSmoothConfig(strength=1.0, strength_schedule="constant")
     out = ZeroSmooth(pipe, config)(generator=generator(0), progress_bar=False,
                                    **text_kwargs(num_inference_steps=1, output_type="latent"))
-    assert out.blend_weights == [1.0]
+    assert out.blend_per_step == [1.0]
 
     kinds = {kind for kind, _, _ in seen["qkv"]}
     assert kinds <= {"sample", "box_left", "box_right"} and {"box_left", "box_right"} & kinds
@@ -112,16 +122,37 @@ def test_processors_run_the_corrected_path(monkeypatch):
     assert seen["cross"] and all(kind == "sample" and torch.equal(out[:, ::2], y) for kind, y, out in seen["cross"])
 
 
+def _draws(count: int, **config) -> list[str]:
+    session = Session(ZeroSmoothConfig(**config), window=4, stride=2, kv_generator=torch.Generator().manual_seed(0))
+    return [session.draw_kv_operator() for _ in range(count)]
+
+
 def test_kv_operator_draws_follow_the_probability():
-    state = CascadeState(kv_generator=torch.Generator().manual_seed(0), kv_left_probability=1.0)
-    assert {state.draw_kv_kind() for _ in range(20)} == {"box_left"}
-    state.kv_left_probability = 0.0
-    assert {state.draw_kv_kind() for _ in range(20)} == {"box_right"}
-    state.kv_left_probability = 0.5
-    draws = [state.draw_kv_kind() for _ in range(400)]
-    assert 150 < draws.count("box_left") < 250
-    state.kv_kind = "sample"
-    assert state.draw_kv_kind() == "sample"
+    assert set(_draws(20, kv_left_probability=1.0)) == {"box_left"}
+    assert set(_draws(20, kv_left_probability=0.0)) == {"box_right"}
+    assert 150 < _draws(400, kv_left_probability=0.5).count("box_left") < 250
+    for operator in ("sample", "box_left", "box_right"):
+        assert set(_draws(10, kv_operator=operator)) == {operator}
+
+
+def test_plain_attention_goes_through_the_diffusers_dispatcher(monkeypatch):
+    """Uncorrected attention honours the user's attention backend: it calls dispatch_attention_fn
+    with the backend the module's processor carries (set by set_attention_backend)."""
+    pipe = tiny_text_to_video_pipeline(0)
+    pipe.set_progress_bar_config(disable=True)
+    backends = []
+    real = attention.dispatch_attention_fn
+
+    def counting(*args, backend=None, **kwargs):
+        backends.append(backend)
+        return real(*args, backend=backend, **kwargs)
+
+    monkeypatch.setattr(attention, "dispatch_attention_fn", counting)
+    ZeroSmooth(pipe, ZeroSmoothConfig(method="direct"))(generator=generator(0), progress_bar=False,
+                                                        **text_kwargs(num_inference_steps=1, output_type="latent"))
+    spatial = sum(1 for _, _, axis in ZeroSmooth(pipe).adapter.attention_modules() if axis == "spatial")
+    assert len(backends) >= 2 * spatial  # every spatial module, in both stages
+    assert set(backends) == {None}  # no backend set on these processors: the dispatcher's active one
 
 
 def test_key_state_cache_accounting():
@@ -134,7 +165,7 @@ def test_key_state_cache_accounting():
     assert (cache.current_bytes, cache.peak_bytes, cache.recorded_bytes) == (40, 48, 56)
     with pytest.raises(RuntimeError, match="recorded twice"):
         cache.put(2, "a", torch.zeros(1))
-    with pytest.raises(RuntimeError, match="no key states of stage 3"):
+    with pytest.raises(RuntimeError, match="no key states of stage 3 for 'a'"):
         cache.take(3, "a")
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from zs_helpers import count_unet_calls, frames, generator, svd_kwargs
 
-from zerosmooth import ZeroSmooth, ZeroSmoothConfig
+from zerosmooth import ZeroSmooth, ZeroSmoothConfig, hooks
 from zerosmooth.noise import stage_noise
 from zerosmooth.lab.tiny import tiny_svd_pipeline
 
@@ -32,7 +32,8 @@ def test_stage_shapes_and_shared_noise(cascade):
     assert tuple(cascade.noise.shape) == (1, 8, 4, 8, 8)  # [B, t_S, C, h, w]
     assert cascade.step_noise is None  # Euler adds no noise
     # EDM timesteps are not training timesteps: the strength follows the progress 1 - k/N.
-    assert cascade.blend_weights == pytest.approx([0.8, 0.4])
+    assert cascade.blend_per_step == pytest.approx([0.8, 0.4])
+    assert cascade.residual_per_step == [0.0, 0.0]  # the residual-stream correction is opt-in
 
 
 def test_key_branch_is_bit_identical_to_the_plain_pipeline(pipe, cascade):
@@ -67,20 +68,28 @@ def test_latent_ddnm_pins_key_frames_to_the_base_video(pipe):
     assert not torch.allclose(long[:, 1::2], base, atol=1e-3)
 
 
-def test_enable_disable_restores_the_pipeline(pipe):
+def _hooked(pipe) -> list[str]:
+    return [name for name, module in pipe.unet.named_modules() if hooks.installed(module)]
+
+
+@pytest.mark.parametrize("config", [ZeroSmoothConfig(), ZeroSmoothConfig(residual_strength=0.5,
+                                                                          residual_sites=("resnets", "temporal"))])
+def test_enable_disable_restores_the_pipeline(pipe, config):
     reference = frames(pipe(generator=generator(2), **svd_kwargs(num_inference_steps=1)))
     originals = dict(pipe.unet.attn_processors)
-    zerosmooth = ZeroSmooth(pipe)
+    zerosmooth = ZeroSmooth(pipe, config)
     with zerosmooth:
         assert zerosmooth.enabled
-        assert any(hasattr(module, "_diffusers_hook") for module in pipe.unet.modules())
+        assert len(_hooked(pipe)) > len(zerosmooth.adapter.attention_modules())  # attention and position hooks
         # While enabled, a direct pipeline call runs the original processors.
         assert torch.equal(frames(pipe(generator=generator(2), **svd_kwargs(num_inference_steps=1))), reference)
         with pytest.raises(RuntimeError, match="another ZeroSmooth wrapper is enabled"):
             ZeroSmooth(pipe).enable()
+        # A run in between leaves no trace either.
+        zerosmooth(generator=generator(2), progress_bar=False, **svd_kwargs(num_inference_steps=1))
     assert not zerosmooth.enabled
     assert dict(pipe.unet.attn_processors) == originals
-    assert not any(hasattr(module, "_diffusers_hook") or "forward" in vars(module) for module in pipe.unet.modules())
+    assert _hooked(pipe) == []
     assert torch.equal(frames(pipe(generator=generator(2), **svd_kwargs(num_inference_steps=1))), reference)
 
 
@@ -97,4 +106,4 @@ def test_bad_input_fails_before_denoising(pipe):
         with pytest.raises(TypeError, match="needs image="):
             ZeroSmooth(pipe)(progress_bar=False, num_frames=4)
     assert calls[0] == 0
-    assert not any(hasattr(module, "_diffusers_hook") for module in pipe.unet.modules())
+    assert _hooked(pipe) == []

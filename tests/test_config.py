@@ -42,8 +42,18 @@ def test_frame_counts_and_windows():
         ("strength", 1.5, "[0, 1]"),
         ("strength", float("nan"), "[0, 1]"),
         ("kv_left_probability", -0.1, "[0, 1]"),
-        ("strength_schedule", "linear", "'timestep', 'progress', 'constant'"),
-        ("kv_kind", "box_left", "'box', 'sample'"),
+        ("strength_schedule", "linear", "'timestep', 'progress', 'constant', 'cosine'"),
+        ("strength_window", (0.5, 0.5), "0 <= start < stop <= 1"),
+        ("strength_window", [0.0, 1.0], "0 <= start < stop <= 1"),
+        ("residual_strength", -0.5, "[0, 1]"),
+        ("residual_schedule", "step", "'timestep', 'progress', 'constant', 'cosine'"),
+        ("residual_window", (0.2, 1.5), "0 <= start < stop <= 1"),
+        ("residual_sites", ("attention",), "'resnets', 'temporal'"),
+        ("residual_sites", (), "'resnets', 'temporal'"),
+        ("ddnm_strength", 2, "[0, 1]"),
+        ("ddnm_window", (0.5, 0.1), "0 <= start < stop <= 1"),
+        ("key_guidance", "yes", "True or False"),
+        ("kv_operator", "box", "'random_box', 'sample', 'box_left', 'box_right'"),
         ("method", "freenoise", "'zerosmooth', 'direct', 'latent_ddnm'"),
         ("weighting", "gauss", "'pyramid', 'flat'"),
         ("backend", "cuda", "'auto', 'torch', 'triton', 'reference'"),
@@ -70,13 +80,27 @@ def test_window_may_not_exceed_the_base_frames():
         ZeroSmoothConfig(window=5).temporal_windows_for(4)
 
 
-def test_blend_weight_schedules():
+def test_blend_schedules():
     timestep = ZeroSmoothConfig()
-    assert timestep.blend_weight(0, 10, 999, 999.0) == pytest.approx(0.8)
-    assert timestep.blend_weight(5, 10, 499.5, 999.0) == pytest.approx(0.4)
+    assert timestep.blend(0, 10, 999, 999.0) == pytest.approx(0.8)
+    assert timestep.blend(5, 10, 499.5, 999.0) == pytest.approx(0.4)
     # Without training timesteps (SVD's EDM Euler) the schedule falls back to progress.
-    assert timestep.blend_weight(5, 10, 0.3, None) == pytest.approx(0.4)
+    assert timestep.blend(5, 10, 0.3, None) == pytest.approx(0.4)
     progress = ZeroSmoothConfig(strength_schedule="progress", strength=1.0)
-    assert [progress.blend_weight(k, 4, 0, 999.0) for k in range(4)] == [1.0, 0.75, 0.5, 0.25]
+    assert [progress.blend(k, 4, 0, 999.0) for k in range(4)] == [1.0, 0.75, 0.5, 0.25]
     constant = ZeroSmoothConfig(strength_schedule="constant", strength=0.3)
-    assert constant.blend_weight(7, 10, 5, 999.0) == 0.3
+    assert constant.blend(7, 10, 5, 999.0) == 0.3
+
+
+def test_schedule_windows_and_curves():
+    """Every correction shares one schedule vocabulary: zero outside its window of denoising
+    progress, and the curve runs over the window (not over the whole run)."""
+    early = ZeroSmoothConfig(residual_strength=1.0, residual_schedule="constant", residual_window=(0.0, 0.5))
+    assert [early.residual(k, 8, 0, None) for k in range(8)] == [1.0] * 4 + [0.0] * 4
+    decay = ZeroSmoothConfig(residual_strength=0.5, residual_schedule="progress", residual_window=(0.5, 1.0))
+    assert [decay.residual(k, 4, 0, None) for k in range(4)] == [0.0, 0.0, 0.5, 0.25]
+    cosine = ZeroSmoothConfig(strength=1.0, strength_schedule="cosine")
+    assert [cosine.blend(k, 4, 0, None) for k in range(4)] == pytest.approx([1.0, 0.853553, 0.5, 0.146447], abs=1e-6)
+    assert ZeroSmoothConfig().residual(0, 4, 0, None) == 0.0  # off by default
+    ddnm = ZeroSmoothConfig(ddnm_strength=0.6, ddnm_window=(0.0, 0.25))
+    assert [ddnm.ddnm(k, 4, 0, None) for k in range(4)] == [0.6, 0.0, 0.0, 0.0]

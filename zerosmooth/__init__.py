@@ -5,7 +5,7 @@
     out.frames      # the 28-frame video; out.stages[0] is the 14-frame base video
 """
 
-from .cascade import ZeroSmooth, ZeroSmoothOutput
+from .api import ZeroSmooth, ZeroSmoothOutput
 from .config import ZeroSmoothConfig
 
 __all__ = ["ZeroSmooth", "ZeroSmoothConfig", "ZeroSmoothOutput"]

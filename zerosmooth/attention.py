@@ -1,14 +1,13 @@
-"""Attention processors of the cascade (SPEC §4–5).
+"""Attention of the cascade (SPEC §4–§5), installed as a hook on every ``Attention`` module.
 
-One :class:`ZeroSmoothAttnProcessor` replaces the processor of every ``Attention`` module of the
-UNet. What it does depends on the :class:`CascadeState` the cascade sets before each stage's UNet
-call:
+What :class:`AttentionHook` does depends on the session's :class:`~zerosmooth.state.StageStep`:
 
-* outside a ZeroSmooth call it delegates to the module's original processor;
-* ``"plain"`` stages (the key branch, baselines) compute exactly what diffusers'
-  ``AttnProcessor2_0`` computes, and, when a later stage needs them, record the module's
-  projections in the :class:`KeyStateCache`;
-* ``"corrected"`` stages back-project their projections onto the previous stage's recorded ones
+* outside a ZeroSmooth call it runs the module's own forward (its processor, untouched);
+* uncorrected stages (the key branch, baselines) compute what diffusers' ``AttnProcessor2_0``
+  computes — plain attention goes through ``diffusers``' ``dispatch_attention_fn``, so a user's
+  ``set_attention_backend`` is honoured — and, when a later stage needs them, record the module's
+  projections in the session's key-state cache;
+* corrected stages back-project their projections onto the previous stage's recorded ones
   (``zs_kernels.corrected_qkv`` for self-attention, ``zs_kernels.back_project`` on Q for
   cross-attention), run both attention passes and blend them ``o + w (ô - o)``; temporal
   self-attention runs both passes over FreeNoise windows in one ``zs_kernels.windowed_attention``
@@ -21,166 +20,94 @@ Layouts: spatial modules see ``[B·t, L, C]`` (viewed ``[B, t, L, C]``), tempora
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
-
 import torch
-import torch.nn.functional as F
+from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 import zs_kernels
+
+from .hooks import ZeroSmoothHook
+from .state import Session, StageStep
 
 SPATIAL = "spatial"
 TEMPORAL = "temporal"
 
 
-class KeyStateCache:
-    """Projections recorded by stage ``s`` for stage ``s + 1`` at the current denoising step.
-
-    Entries are keyed by ``(stage, module name)`` and removed when read, so in the lockstep
-    cascade only one step's states are alive. ``peak_bytes`` is the most ever held at once;
-    ``recorded_bytes`` the total ever stored (what offloading every step's states would hold).
-    """
-
-    def __init__(self):
-        self._entries: dict[tuple[int, str], torch.Tensor] = {}
-        self.current_bytes = 0
-        self.peak_bytes = 0
-        self.recorded_bytes = 0
-
-    @staticmethod
-    def _nbytes(tensor: torch.Tensor) -> int:
-        return tensor.untyped_storage().nbytes()
-
-    def put(self, stage: int, name: str, tensor: torch.Tensor) -> None:
-        key = (stage, name)
-        if key in self._entries:
-            raise RuntimeError(f"key states of stage {stage} for {name!r} recorded twice in one step")
-        self._entries[key] = tensor
-        size = self._nbytes(tensor)
-        self.current_bytes += size
-        self.recorded_bytes += size
-        self.peak_bytes = max(self.peak_bytes, self.current_bytes)
-
-    def take(self, stage: int, name: str) -> torch.Tensor:
-        try:
-            tensor = self._entries.pop((stage, name))
-        except KeyError:
-            raise RuntimeError(
-                f"no key states of stage {stage} for attention module {name!r}: the previous stage did not "
-                "run this module at this step"
-            ) from None
-        self.current_bytes -= self._nbytes(tensor)
-        return tensor
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self.current_bytes = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-@dataclass
-class CascadeState:
-    """What the processors need to know about the UNet call in progress.
-
-    ``mode`` is None outside a ZeroSmooth call (processors delegate to the original ones),
-    ``"plain"`` for uncorrected stages and ``"corrected"`` for long branches.
-    """
-
-    mode: Optional[str] = None
-    stage: int = 1
-    batch: int = 1
-    num_frames: int = 0
-    scale: int = 2
-    record: bool = False
-    weight: float = 0.0
-    windowed: bool = False
-    window: int = 1
-    stride: int = 1
-    weighting: str = "pyramid"
-    correct_spatial: bool = True
-    correct_temporal: bool = True
-    correct_cross: bool = True
-    kv_kind: str = "box"
-    kv_left_probability: float = 0.5
-    position_factor: float = 1.0
-    backend: str = "auto"
-    kv_generator: Optional[torch.Generator] = None
-    cache: KeyStateCache = field(default_factory=KeyStateCache)
-
-    def draw_kv_kind(self) -> str:
-        """Operator for spatial K/V: ``box_left`` with probability ``p`` else ``box_right`` (SPEC §4)."""
-        if self.kv_kind == "sample":
-            return "sample"
-        draw = torch.rand((), generator=self.kv_generator).item()
-        return "box_left" if draw < self.kv_left_probability else "box_right"
-
-
 def _heads(tensor: torch.Tensor, heads: int) -> torch.Tensor:
-    """``[N, S, H·D]`` → ``[N, H, S, D]`` (a view)."""
+    """``[N, S, H·D]`` → ``[N, H, S, D]`` (a view), the layout of ``zs_kernels.windowed_attention``."""
     return tensor.unflatten(-1, (heads, -1)).transpose(1, 2)
 
 
-class ZeroSmoothAttnProcessor:
-    """Processor for one ``Attention`` module (see the module docstring).
+def _attend(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Plain softmax attention of ``[N, S, H·D]`` projections through diffusers' dispatcher (the
+    user's attention backend); returns ``[N, S, H·D]``."""
+    heads = module.heads
+    out = dispatch_attention_fn(
+        query.unflatten(-1, (heads, -1)), key.unflatten(-1, (heads, -1)), value.unflatten(-1, (heads, -1)),
+        backend=getattr(module.processor, "_attention_backend", None),
+    )
+    return out.flatten(2)
+
+
+def _from_heads(out: torch.Tensor) -> torch.Tensor:
+    """``[N, H, S, D]`` → ``[N, S, H·D]``."""
+    return out.transpose(1, 2).flatten(2)
+
+
+class AttentionHook(ZeroSmoothHook):
+    """Replaces one ``Attention`` module's forward while a ZeroSmooth call runs (module docstring).
 
     Args:
+        slot: the wrapper's :class:`~zerosmooth.hooks.SessionSlot`.
         name: the module's qualified name in the UNet (the key of its cached states).
         axis: ``"spatial"`` (frames in the batch dim) or ``"temporal"`` (frames are the sequence).
-        state: the wrapper's shared :class:`CascadeState`.
-        original: the processor this one replaces; used outside ZeroSmooth calls.
     """
 
-    def __init__(self, name: str, axis: str, state: CascadeState, original):
+    def __init__(self, slot, name: str, axis: str):
+        super().__init__(slot)
         if axis not in (SPATIAL, TEMPORAL):
             raise ValueError(f"axis must be 'spatial' or 'temporal', got {axis!r}")
         self.name = name
         self.axis = axis
-        self.state = state
-        self.original = original
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        state = self.state
-        if state.mode is None:
-            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
-        if attention_mask is not None or hidden_states.ndim != 3 or attn.spatial_norm is not None:
+    def new_forward(self, module, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
+        session = self.slot.session
+        if session is None or session.step is None:
+            return self.fn_ref.original_forward(hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+        if attention_mask is not None or hidden_states.ndim != 3 or module.spatial_norm is not None:
             raise NotImplementedError(
                 f"ZeroSmooth supports attention on [batch, tokens, channels] inputs without masks or spatial "
                 f"norms; module {self.name!r} got a {hidden_states.ndim}-d input"
                 + (" with an attention mask" if attention_mask is not None else "")
             )
-        if attn.group_norm is not None or attn.norm_q is not None or attn.norm_k is not None:
+        if module.group_norm is not None or module.norm_q is not None or module.norm_k is not None:
             raise NotImplementedError(f"ZeroSmooth does not support group_norm/norm_q/norm_k in module {self.name!r}")
         residual = hidden_states
         cross = encoder_hidden_states is not None
-        if cross and attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        if cross and module.norm_cross:
+            encoder_hidden_states = module.norm_encoder_hidden_states(encoder_hidden_states)
+        config, step = session.config, session.step
         # Stages correct (and record states for) a kind of attention only if the config says so.
-        enabled = state.correct_cross if cross else (
-            state.correct_temporal if self.axis == TEMPORAL else state.correct_spatial
+        enabled = config.correct_cross if cross else (
+            config.correct_temporal if self.axis == TEMPORAL else config.correct_spatial
         )
-        if state.mode == "corrected" and enabled:
-            out = self._corrected(attn, hidden_states, encoder_hidden_states)
+        if step.corrected and enabled:
+            out = self._corrected(module, session, step, hidden_states, encoder_hidden_states)
         else:
-            out = self._plain(attn, hidden_states, encoder_hidden_states, record=state.record and enabled)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if attn.residual_connection:
+            out = self._plain(module, session, step, hidden_states, encoder_hidden_states, record=step.record and enabled)
+        out = module.to_out[1](module.to_out[0](out))
+        if module.residual_connection:
             out = out + residual
-        return out / attn.rescale_output_factor
+        return out / module.rescale_output_factor
 
     # --- frame-axis views -------------------------------------------------------------------
 
-    def _frames_view(self, tensor: torch.Tensor) -> torch.Tensor:
+    def _frames_view(self, tensor: torch.Tensor, step: StageStep) -> torch.Tensor:
         """The module-layout tensor ``[B·t, L, c]`` or ``[B·L, t, c]`` as a ``[B, t, L, c]`` view."""
-        state = self.state
         if self.axis == SPATIAL:
-            return tensor.unflatten(0, (state.batch, state.num_frames))
-        if tensor.shape[1] != state.num_frames:
-            raise RuntimeError(
-                f"temporal module {self.name!r} saw {tensor.shape[1]} frames, expected {state.num_frames}"
-            )
-        return tensor.unflatten(0, (state.batch, -1)).permute(0, 2, 1, 3)
+            return tensor.unflatten(0, (step.unet_batch, step.num_frames))
+        if tensor.shape[1] != step.num_frames:
+            raise RuntimeError(f"temporal module {self.name!r} saw {tensor.shape[1]} frames, expected {step.num_frames}")
+        return tensor.unflatten(0, (step.unet_batch, -1)).permute(0, 2, 1, 3)
 
     def _module_layout(self, tensor: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`_frames_view`: ``[B, t, L, c]`` → ``[B·t, L, c]`` or ``[B·L, t, c]``."""
@@ -188,98 +115,87 @@ class ZeroSmoothAttnProcessor:
             return tensor.flatten(0, 1)
         return tensor.permute(0, 2, 1, 3).flatten(0, 1)
 
-    def _record(self, tensor: torch.Tensor) -> None:
-        if self.state.record:
-            self.state.cache.put(self.state.stage, self.name, tensor)
-
-    def _key_states(self) -> torch.Tensor:
-        return self.state.cache.take(self.state.stage - 1, self.name)
+    def _record(self, session: Session, step: StageStep, tensor: torch.Tensor) -> None:
+        if step.record:
+            session.cache.put(step.stage, self.name, tensor)
 
     # --- the two paths ----------------------------------------------------------------------
 
-    def _plain(self, attn, hidden_states, encoder_hidden_states, record: bool):
+    def _plain(self, module, session: Session, step: StageStep, hidden_states, encoder_hidden_states, record: bool):
         """diffusers' ``AttnProcessor2_0`` up to ``to_out``, recording the projections if ``record``.
 
         Temporal self-attention of a corrected stage whose correction is switched off still runs
-        over windows when the state says so.
+        over windows when the step says so.
         """
-        query = attn.to_q(hidden_states)
+        query = module.to_q(hidden_states)
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        key = attn.to_k(context)
-        value = attn.to_v(context)
+        key = module.to_k(context)
+        value = module.to_v(context)
         if record:
             states = query if encoder_hidden_states is not None else torch.cat([query, key, value], dim=-1)
-            self._record(self._frames_view(states))
-        heads = attn.heads
-        if self.axis == TEMPORAL and encoder_hidden_states is None and self.state.windowed:
+            self._record(session, step, self._frames_view(states, step))
+        if self.axis == TEMPORAL and encoder_hidden_states is None and step.windowed:
+            heads = module.heads
             out = zs_kernels.windowed_attention(
                 _heads(query, heads), _heads(key, heads), _heads(value, heads),
-                window=self.state.window, stride=self.state.stride, weighting=self.state.weighting,
-                backend=self.state.backend,
+                window=session.window, stride=session.stride, weighting=session.config.weighting,
+                backend=session.config.backend,
             )
-        else:
-            out = F.scaled_dot_product_attention(
-                _heads(query, heads), _heads(key, heads), _heads(value, heads), dropout_p=0.0, is_causal=False
-            )
-        return out.transpose(1, 2).flatten(2).to(query.dtype)
+            return _from_heads(out).to(query.dtype)
+        return _attend(module, query, key, value).to(query.dtype)
 
-    def _corrected(self, attn, hidden_states, encoder_hidden_states):
+    def _corrected(self, module, session: Session, step: StageStep, hidden_states, encoder_hidden_states):
         """Back-project onto the previous stage's states, attend with both, blend (SPEC §4).
 
         Returns the blended attention output ``[N, S, C]`` in the module layout, before ``to_out``.
         """
-        state = self.state
-        key_states = self._key_states()
-        heads = attn.heads
+        config = session.config
+        key_states = session.cache.take(step.stage - 1, self.name)
         if encoder_hidden_states is not None:
             # Cross-attention: the condition is the same for every frame, so only Q is corrected.
-            query = attn.to_q(hidden_states)
+            query = module.to_q(hidden_states)
             # back_project has no Triton kernel; its closed form is a single pass on any device.
-            backend = "reference" if state.backend == "reference" else "torch"
+            backend = "reference" if config.backend == "reference" else "torch"
             query_hat = zs_kernels.back_project(
-                self._frames_view(query), key_states, "sample", state.scale, frame_dim=1, backend=backend
+                self._frames_view(query, step), key_states, "sample", config.scale, frame_dim=1, backend=backend
             )
-            self._record(query_hat)
-            key = _heads(attn.to_k(encoder_hidden_states), heads)
-            value = _heads(attn.to_v(encoder_hidden_states), heads)
-            out = F.scaled_dot_product_attention(_heads(query, heads), key, value)
-            out_hat = F.scaled_dot_product_attention(_heads(self._module_layout(query_hat), heads), key, value)
-            return out.lerp_(out_hat, state.weight).transpose(1, 2).flatten(2).to(query.dtype)
+            self._record(session, step, query_hat)
+            key = module.to_k(encoder_hidden_states)
+            value = module.to_v(encoder_hidden_states)
+            out = _attend(module, query, key, value)
+            out_hat = _attend(module, self._module_layout(query_hat), key, value)
+            return out.lerp_(out_hat, step.blend).to(query.dtype)
 
-        kv_kind = "sample" if self.axis == TEMPORAL else state.draw_kv_kind()
-        weight, bias = _stacked_projection(attn)
+        kv_operator = "sample" if self.axis == TEMPORAL else session.draw_kv_operator()
+        weight, bias = _stacked_projection(module)
         qkv, qkv_hat = zs_kernels.corrected_qkv(
-            self._frames_view(hidden_states), key_states, weight, bias,
-            scale=state.scale, kv_kind=kv_kind, backend=state.backend,
+            self._frames_view(hidden_states, step), key_states, weight, bias,
+            scale=config.scale, kv_kind=kv_operator, backend=config.backend,
         )
-        self._record(qkv_hat)
-        q, k, v = self._split_heads(qkv, heads)
-        q_hat, k_hat, v_hat = self._split_heads(qkv_hat, heads)
+        self._record(session, step, qkv_hat)
         if self.axis == TEMPORAL:
-            window, stride = (state.window, state.stride) if state.windowed else (state.num_frames, state.num_frames)
+            heads = module.heads
+            q, k, v = (_heads(part, heads) for part in self._module_layout(qkv).chunk(3, dim=-1))
+            q_hat, k_hat, v_hat = (_heads(part, heads) for part in self._module_layout(qkv_hat).chunk(3, dim=-1))
+            window, stride = (session.window, session.stride) if step.windowed else (step.num_frames, step.num_frames)
             out = zs_kernels.windowed_attention(
-                q, k, v, window=window, stride=stride, weighting=state.weighting,
-                corrected=(q_hat, k_hat, v_hat), blend=state.weight, backend=state.backend,
+                q, k, v, window=window, stride=stride, weighting=config.weighting,
+                corrected=(q_hat, k_hat, v_hat), blend=step.blend, backend=config.backend,
             )
-        else:
-            out = F.scaled_dot_product_attention(q, k, v)
-            out = out.lerp_(F.scaled_dot_product_attention(q_hat, k_hat, v_hat), state.weight)
-        return out.transpose(1, 2).flatten(2).to(hidden_states.dtype)
-
-    def _split_heads(self, qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``[B, t, L, 3C]`` projections → Q, K, V views ``[N, H, S, D]`` in the module's sequence layout."""
-        return tuple(_heads(part, heads) for part in self._module_layout(qkv).chunk(3, dim=-1))
+            return _from_heads(out).to(hidden_states.dtype)
+        out = _attend(module, *self._module_layout(qkv).chunk(3, dim=-1))
+        out_hat = _attend(module, *self._module_layout(qkv_hat).chunk(3, dim=-1))
+        return out.lerp_(out_hat, step.blend).to(hidden_states.dtype)
 
 
-def _stacked_projection(attn) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+def _stacked_projection(module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``to_q | to_k | to_v`` weights stacked to ``[3C, C]`` and biases to ``[3C]`` (None if none has one).
 
     Stacked per call rather than cached: a cached copy would double the projections' memory.
     """
-    layers = (attn.to_q, attn.to_k, attn.to_v)
+    layers = (module.to_q, module.to_k, module.to_v)
     weight = torch.cat([layer.weight for layer in layers])
     if all(layer.bias is None for layer in layers):
         return weight, None
     biases = [layer.weight.new_zeros(layer.out_features) if layer.bias is None else layer.bias for layer in layers]
-    bias = torch.cat(biases)
-    return weight, bias
+    return weight, torch.cat(biases)

@@ -38,7 +38,7 @@ def clean_latent_coefficient(scheduler, timestep) -> float:
 
 
 def ddnm_step(step_output, scheduler, timestep, reference: torch.Tensor, scale: int, frame_dim: int,
-              backend: str = "torch") -> torch.Tensor:
+              strength: float = 1.0, backend: str = "torch") -> torch.Tensor:
     """``prev_sample`` of ``step_output`` with its clean latent back-projected onto ``reference``.
 
     Args:
@@ -46,10 +46,15 @@ def ddnm_step(step_output, scheduler, timestep, reference: torch.Tensor, scale: 
             ``pred_original_sample``, latent layout with ``n·t0`` frames along ``frame_dim``).
         scheduler: the long stage's scheduler, just stepped with ``timestep``.
         reference: the previous stage's finished latents, ``t0`` frames along ``frame_dim``.
+        strength: how far the clean latent moves towards its back-projection (1: all the way, the
+            plain DDNM step; 0: the step is unchanged) — the baseline's knob (SPEC §10).
+        backend: ``zs_kernels.back_project`` backend.
     """
     clean = step_output.pred_original_sample
+    if strength == 0:
+        return step_output.prev_sample
     projected = zs_kernels.back_project(clean, reference.to(clean.dtype), "sample", scale, frame_dim, backend=backend)
-    return step_output.prev_sample + clean_latent_coefficient(scheduler, timestep) * (projected - clean)
+    return step_output.prev_sample + strength * clean_latent_coefficient(scheduler, timestep) * (projected - clean)
 
 
 def clean_latent_coefficient_supported(scheduler) -> None:

@@ -1,8 +1,12 @@
-"""Every knob of a ZeroSmooth run, validated once (SPEC §4–7).
+"""Every knob of a ZeroSmooth run, validated once (docs/SPEC.md §4–§7, §10).
 
 The config knows nothing about the wrapped pipeline. Checks that need the base frame count
 (``window`` may not exceed it) run in :meth:`ZeroSmoothConfig.temporal_windows_for`, which the
-cascade calls before any denoising starts.
+sampler calls before any denoising starts.
+
+Three corrections share one schedule vocabulary (:func:`schedule_value`): the paper's attention
+blend (``strength``…), the residual-stream correction (``residual_strength``…, SPEC §10, off by
+default) and the latent-DDNM baseline's pull (``ddnm_strength``…).
 """
 
 from __future__ import annotations
@@ -11,11 +15,16 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-STRENGTH_SCHEDULES = ("timestep", "progress", "constant")
-KV_KINDS = ("box", "sample")
+SCHEDULES = ("timestep", "progress", "constant", "cosine")
+KV_OPERATORS = ("random_box", "sample", "box_left", "box_right")
 METHODS = ("zerosmooth", "direct", "latent_ddnm")
 WEIGHTINGS = ("pyramid", "flat")
 BACKENDS = ("auto", "torch", "triton", "reference")
+RESIDUAL_SITES = ("resnets", "temporal")
+"""Where the residual-stream correction may act: ``"resnets"``, the outputs of the UNet's ResNet
+blocks (SVD's spatio-temporal ones, the 2-D ones of AnimateDiff and ModelScope); ``"temporal"``, the
+outputs of its temporal layers (SVD's spatio-temporal transformers, AnimateDiff's motion modules,
+ModelScope's temporal convolutions and temporal transformers)."""
 
 
 def _integer(name: str, value, minimum: int, allow_none: bool = False) -> None:
@@ -41,6 +50,51 @@ def _flag(name: str, value) -> None:
         raise ValueError(f"ZeroSmoothConfig.{name} must be True or False, got {value!r}")
 
 
+def _window(name: str, value) -> None:
+    valid = (
+        isinstance(value, tuple) and len(value) == 2
+        and all(not isinstance(v, bool) and isinstance(v, (int, float)) for v in value)
+        and 0.0 <= value[0] < value[1] <= 1.0
+    )
+    if not valid:
+        raise ValueError(
+            f"ZeroSmoothConfig.{name} must be a tuple (start, stop) of denoising progress with "
+            f"0 <= start < stop <= 1, got {value!r}"
+        )
+
+
+def _sites(name: str, value) -> None:
+    if not isinstance(value, tuple) or not value or any(site not in RESIDUAL_SITES for site in value):
+        raise ValueError(
+            f"ZeroSmoothConfig.{name} must be a non-empty tuple of {', '.join(map(repr, RESIDUAL_SITES))}, got {value!r}"
+        )
+
+
+def schedule_value(curve: str, maximum: float, window: tuple[float, float], step: int, num_steps: int,
+                   timestep: float, max_timestep: Optional[float]) -> float:
+    """A correction's strength at denoising step ``step`` of ``num_steps`` (timestep ``timestep``).
+
+    Zero outside ``window`` (a range of denoising progress ``k/N``). Inside it: ``"constant"``
+    gives ``maximum``; ``"timestep"`` gives ``maximum · t/T`` with ``T = max_timestep`` the largest
+    training timestep (the paper's Eq. 15), falling back to ``"progress"`` when the scheduler's
+    timesteps are not training timesteps (``max_timestep`` None, e.g. SVD's EDM Euler);
+    ``"progress"`` decays linearly from ``maximum`` at the window's start to 0 at its stop;
+    ``"cosine"`` decays along half a cosine over the window.
+    """
+    progress = step / num_steps
+    start, stop = window
+    if not start <= progress < stop:
+        return 0.0
+    if curve == "constant":
+        return float(maximum)
+    if curve == "timestep" and max_timestep is not None:
+        return float(maximum) * min(max(float(timestep) / max_timestep, 0.0), 1.0)
+    through = (progress - start) / (stop - start)
+    if curve == "cosine":
+        return float(maximum) * 0.5 * (1.0 + math.cos(math.pi * through))
+    return float(maximum) * (1.0 - through)
+
+
 @dataclass(frozen=True)
 class ZeroSmoothConfig:
     """Settings of a ZeroSmooth cascade.
@@ -52,21 +106,31 @@ class ZeroSmoothConfig:
         window: temporal-attention window ``W`` of the long branches; default (``None``) the base
             frame count ``t0`` (the trained length). Must not exceed ``t0``.
         overlap: overlap of consecutive windows, ``0 <= overlap < W``; default ``⌊W/2⌋``.
-        strength: the blend strength ``w_max`` in ``[0, 1]`` (SPEC §4, Eq. 15).
-        strength_schedule: ``"timestep"``: ``w = w_max · t/T`` (``T`` the largest training
-            timestep); schedulers whose timesteps are not training timesteps (``timestep_type
-            "continuous"`` such as SVD's EDM Euler, or values outside ``[0, T]``) fall back to
-            ``"progress"``: ``w = w_max · (1 - k/N)`` at step ``k`` of ``N``; ``"constant"``:
-            ``w = w_max`` at every step.
-        kv_left_probability: probability ``p`` of ``box_left`` for spatial K/V (else ``box_right``),
-            drawn for every attention call. The paper's literal rule (a standard Gaussian draw
-            ``> 0.5``) corresponds to ``p ≈ 0.3085``.
+        strength: the attention blend's maximum ``w_max`` in ``[0, 1]`` (SPEC §4, Eq. 15): every
+            attention module's output is ``o + w (ô - o)``.
+        strength_schedule: how the blend ``w`` evolves over denoising (:func:`schedule_value`):
+            ``"timestep"`` (the paper: ``w_max · t/T``), ``"progress"``, ``"constant"``, ``"cosine"``.
+        strength_window: the range ``(start, stop)`` of denoising progress where the blend acts.
+        residual_strength: maximum of the residual-stream correction (SPEC §10): at every site the
+            long branch's key-frame rows move towards the previous stage's output,
+            ``h ← h + w_r A⁺(h₀ − A h)`` with ``A = sample``. 0 (the default) switches it off.
+        residual_schedule, residual_window: its schedule, as for the blend.
+        residual_sites: where it acts, a tuple of :data:`RESIDUAL_SITES`.
+        ddnm_strength, ddnm_schedule, ddnm_window: the latent-DDNM baseline's pull towards the base
+            video's latents (1, constant, every step: the full back-projection of SPEC §8).
+        key_guidance: SVD only: long frame ``f`` takes the per-frame guidance the base stage gives
+            position ``f / n^(s-1)`` (interpolated) instead of a linspace over its own frames (SPEC §10).
+        kv_left_probability: probability ``p`` of ``box_left`` for spatial K/V under
+            ``kv_operator="random_box"``, drawn for every attention call. The paper's literal rule
+            (a standard Gaussian draw ``> 0.5``) corresponds to ``p ≈ 0.3085``.
+        kv_operator: frame operator of spatial K/V: ``"random_box"`` (``box_left`` with probability
+            ``p`` else ``box_right``, drawn per call; SPEC §4), or always ``"sample"``,
+            ``"box_left"`` or ``"box_right"``.
         color_correction: AdaIN every long-branch frame to its key frame after each step (SPEC §7).
         seed: seed of the generator drawing the spatial K/V operators.
         weighting: fusion of overlapping temporal windows, ``"pyramid"`` or ``"flat"``.
-        correct_spatial, correct_temporal, correct_cross: apply the correction to spatial
+        correct_spatial, correct_temporal, correct_cross: apply the attention correction to spatial
             self-attention, temporal self-attention and cross-attention (ablations).
-        kv_kind: ``"box"`` (K/V with ``box_left``/``box_right``, SPEC §4) or ``"sample"``.
         temporal_windows: run the long branches' temporal attention over windows of ``W`` frames
             (SPEC §5); ``False`` attends over all frames at once.
         interpolate_positions: give frame ``f`` of stage ``s`` the position ``f / n^(s-1)`` (SPEC §5);
@@ -84,14 +148,23 @@ class ZeroSmoothConfig:
     overlap: Optional[int] = None
     strength: float = 0.8
     strength_schedule: str = "timestep"
+    strength_window: tuple[float, float] = (0.0, 1.0)
+    residual_strength: float = 0.0
+    residual_schedule: str = "progress"
+    residual_window: tuple[float, float] = (0.0, 1.0)
+    residual_sites: tuple[str, ...] = ("resnets",)
+    ddnm_strength: float = 1.0
+    ddnm_schedule: str = "constant"
+    ddnm_window: tuple[float, float] = (0.0, 1.0)
+    key_guidance: bool = False
     kv_left_probability: float = 0.5
+    kv_operator: str = "random_box"
     color_correction: bool = False
     seed: int = 0
     weighting: str = "pyramid"
     correct_spatial: bool = True
     correct_temporal: bool = True
     correct_cross: bool = True
-    kv_kind: str = "box"
     temporal_windows: bool = True
     interpolate_positions: bool = True
     method: str = "zerosmooth"
@@ -106,18 +179,26 @@ class ZeroSmoothConfig:
             raise ValueError(
                 f"ZeroSmoothConfig.overlap must be smaller than window={self.window}, got {self.overlap!r}"
             )
-        _fraction("strength", self.strength)
-        _choice("strength_schedule", self.strength_schedule, STRENGTH_SCHEDULES)
+        for prefix in ("strength", "residual", "ddnm"):
+            strength = "strength" if prefix == "strength" else f"{prefix}_strength"
+            _fraction(strength, getattr(self, strength))
+            _choice(f"{prefix}_schedule", getattr(self, f"{prefix}_schedule"), SCHEDULES)
+            _window(f"{prefix}_window", getattr(self, f"{prefix}_window"))
+        _sites("residual_sites", self.residual_sites)
         _fraction("kv_left_probability", self.kv_left_probability)
+        _choice("kv_operator", self.kv_operator, KV_OPERATORS)
         _integer("seed", self.seed, 0)
         _choice("weighting", self.weighting, WEIGHTINGS)
-        for name in ("color_correction", "correct_spatial", "correct_temporal", "correct_cross"):
+        for name in ("key_guidance", "color_correction", "correct_spatial", "correct_temporal", "correct_cross",
+                     "temporal_windows", "interpolate_positions"):
             _flag(name, getattr(self, name))
-        for name in ("temporal_windows", "interpolate_positions"):
-            _flag(name, getattr(self, name))
-        _choice("kv_kind", self.kv_kind, KV_KINDS)
         _choice("method", self.method, METHODS)
         _choice("backend", self.backend, BACKENDS)
+
+    @property
+    def corrects(self) -> bool:
+        """Whether the long branches are corrected at all (the method, not a baseline)."""
+        return self.method == "zerosmooth"
 
     def frame_counts(self, base_frames: int) -> list[int]:
         """Frames of every stage: ``[t0, n·t0, n²·t0, …]``."""
@@ -140,14 +221,17 @@ class ZeroSmoothConfig:
             raise ValueError(f"ZeroSmoothConfig.overlap must be smaller than the window {window}, got {overlap}")
         return window, window - overlap
 
-    def blend_weight(self, step: int, num_steps: int, timestep: float, max_timestep: Optional[float]) -> float:
-        """Blend strength ``w`` at denoising step ``step`` of ``num_steps`` with timestep ``timestep``.
+    def blend(self, step: int, num_steps: int, timestep: float, max_timestep: Optional[float]) -> float:
+        """The attention blend ``w`` at a denoising step (see :func:`schedule_value`)."""
+        return schedule_value(self.strength_schedule, self.strength, self.strength_window, step, num_steps,
+                              timestep, max_timestep)
 
-        ``max_timestep`` is the largest training timestep ``T``, or None when the scheduler's
-        timesteps are not training timesteps (then ``"timestep"`` falls back to ``"progress"``).
-        """
-        if self.strength_schedule == "constant":
-            return float(self.strength)
-        if self.strength_schedule == "timestep" and max_timestep is not None:
-            return float(self.strength) * min(max(float(timestep) / max_timestep, 0.0), 1.0)
-        return float(self.strength) * (1.0 - step / num_steps)
+    def residual(self, step: int, num_steps: int, timestep: float, max_timestep: Optional[float]) -> float:
+        """The residual-stream correction's strength ``w_r`` at a denoising step."""
+        return schedule_value(self.residual_schedule, self.residual_strength, self.residual_window, step,
+                              num_steps, timestep, max_timestep)
+
+    def ddnm(self, step: int, num_steps: int, timestep: float, max_timestep: Optional[float]) -> float:
+        """The latent-DDNM baseline's pull at a denoising step."""
+        return schedule_value(self.ddnm_schedule, self.ddnm_strength, self.ddnm_window, step, num_steps,
+                              timestep, max_timestep)

@@ -4,6 +4,8 @@
   temporal: ``transformer_in…`` and ``…temp_attentions.N…`` (no encoder states reach them: both
   attn1 and attn2 are temporal self-attention).
 * No temporal position embedding: nothing to interpolate ("empty RPE", SPEC §5).
+* Residual-stream sites: ``ResnetBlock2D`` outputs (``resnets``); ``TemporalConvLayer`` and
+  ``TransformerTemporalModel`` outputs (``temporal``).
 * The pipeline steps the scheduler on ``[B·F, C, h, w]`` latents; so does the adapter, including the
   shared per-step noise.
 """
@@ -11,9 +13,11 @@
 from __future__ import annotations
 
 import torch
+from diffusers.models.resnet import ResnetBlock2D, TemporalConvLayer
+from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 
 from ..attention import SPATIAL, TEMPORAL
-from .base import Call, Stage, TextToVideoAdapter
+from .base import Stage, TextCall, TextToVideoAdapter
 
 
 def _frames_to_batch(tensor: torch.Tensor) -> torch.Tensor:
@@ -30,30 +34,30 @@ def _batch_to_frames(tensor: torch.Tensor, batch: int) -> torch.Tensor:
 
 class UNet3DAdapter(TextToVideoAdapter):
     pipeline_class_names = ("TextToVideoSDPipeline",)
+    residual_site_types = {"resnets": (ResnetBlock2D,), "temporal": (TemporalConvLayer, TransformerTemporalModel)}
 
     def attention_axis(self, name: str) -> str:
         return TEMPORAL if name.startswith("transformer_in.") or ".temp_attentions." in name else SPATIAL
 
-    def check_inputs(self, call: Call) -> None:
-        options = call.options
+    def check_inputs(self, call: TextCall) -> None:
         self.pipe.check_inputs(
-            options["prompt"], options["height"], options["width"], None, options["negative_prompt"],
-            options["prompt_embeds"], options["negative_prompt_embeds"],
+            call.prompt, call.height, call.width, None, call.negative_prompt, call.prompt_embeds,
+            call.negative_prompt_embeds,
         )
 
-    def model_output(self, call: Call, stage: Stage, t) -> torch.Tensor:
-        model_input = torch.cat([stage.latents] * 2) if call.options["guided"] else stage.latents
+    def model_output(self, call: TextCall, stage: Stage, t) -> torch.Tensor:
+        model_input = torch.cat([stage.latents] * 2) if call.guided else stage.latents
         model_input = stage.scheduler.scale_model_input(model_input, t)
         noise_pred = self.pipe.unet(
             model_input,
             t,
-            encoder_hidden_states=stage.conditions["prompt_embeds"],
+            encoder_hidden_states=stage.conditions.prompt_embeds,
             cross_attention_kwargs=None,
             return_dict=False,
         )[0]
         return self.guide(call, noise_pred)
 
-    def scheduler_step(self, call: Call, stage: Stage, model_output, t, variance_noise=None):
+    def scheduler_step(self, call: TextCall, stage: Stage, model_output, t, variance_noise=None):
         kwargs = dict(stage.step_kwargs)
         if variance_noise is not None:
             kwargs.pop("generator", None)
@@ -65,7 +69,7 @@ class UNet3DAdapter(TextToVideoAdapter):
             output.pred_original_sample = _batch_to_frames(output.pred_original_sample, batch)
         return output
 
-    def decode(self, call: Call, stage: Stage, output_type: str):
+    def decode(self, call: TextCall, stage: Stage, output_type: str):
         if output_type == "latent":
             return stage.latents
         video = self.pipe.decode_latents(stage.latents)

@@ -56,7 +56,7 @@ METHODS: dict[str, dict | None] = {
     "zerosmooth": {},
     "spatial_only": {"correct_temporal": False},
     "temporal_only": {"correct_spatial": False},
-    "kv_sample": {"kv_kind": "sample"},
+    "kv_sample": {"kv_operator": "sample"},
     "no_blend": {"strength": 1.0, "strength_schedule": "constant"},
 }
 # Diagnostic rows, run only when named in --methods: which part of ZeroSmooth does the work.

@@ -175,7 +175,7 @@ def clip_image_processor() -> _CLIPImageProcessor:
     return _CLIPImageProcessor(crop_size=CLIP_SIZE, size=CLIP_SIZE)
 
 
-def tiny_svd_components(seed: int = 0, size: int = 32, frames: int = 25) -> dict:
+def tiny_svd_components(seed: int = 0, size: int = 32, frames: int = 4) -> dict:
     """Fresh (untrained) components of a tiny Stable Video Diffusion pipeline, as keyword arguments
     of ``StableVideoDiffusionPipeline``.
 

@@ -577,7 +577,6 @@ def train_vae(args, run: Run) -> None:
         per_frame_decoder(vae)
     for name, parameter in vae.named_parameters():
         parameter.requires_grad_(not is_temporal(name))
-    sample_gen = torch.Generator().manual_seed(args.seed + 3)
 
     def loss(step: int, gen: torch.Generator) -> torch.Tensor:
         count = args.vae_batch
@@ -587,7 +586,7 @@ def train_vae(args, run: Run) -> None:
         ])
         x = frames * 2 - 1
         posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample(generator=sample_gen), num_frames=1).sample
+        recon = vae.decode(posterior.sample(generator=gen), num_frames=1).sample
         kl = posterior.kl().mean() / x[0].numel()
         return F.l1_loss(recon, x) + F.mse_loss(recon, x) + args.vae_kl * kl
 

@@ -1,0 +1,48 @@
+"""The residual-stream correction (docs/SPEC.md §10, an extension beyond the paper; opt-in).
+
+On a measured UNet, key-frame drift is made afresh in every pass by the layers that mix frames
+(temporal convolutions, temporal attention over windows holding in-between frames) and travels in
+the residual stream, which the paper's attention correction never touches. This correction acts on
+the stream itself: at each site (a module's output, logical ``[B, t, …]`` with the frames in the
+batch dimension) the long branch's output ``h`` moves towards the same module's output ``h₀`` in the
+previous stage at the same step,
+
+    ĥ = h + A⁺(h₀ − A h),  A = sample        (the key-frame rows take h₀, the others stay)
+    h ← h + w_r (ĥ − h)                       (w_r: the step's residual strength)
+
+so only the key-frame rows change: ``h[n·i] ← lerp(h[n·i], h₀[i], w_r)``. A stage that a later
+stage reads records its output after its own correction (stage ≥ 3 uses corrected states).
+"""
+
+from __future__ import annotations
+
+from .hooks import ZeroSmoothHook
+
+CACHE_PREFIX = "residual:"
+
+
+class ResidualHook(ZeroSmoothHook):
+    """``post_forward`` on one site module: records its output for the next stage and corrects the
+    key-frame rows of a long branch's output towards the previous stage's (module docstring)."""
+
+    def __init__(self, slot, name: str):
+        super().__init__(slot)
+        self.name = name
+
+    def post_forward(self, module, output):
+        session = self.slot.session
+        step = None if session is None else session.step
+        if step is None or step.residual == 0 or not (step.corrected or step.record):
+            return output
+        wrapped = isinstance(output, tuple)  # transformer blocks called with return_dict=False
+        hidden = output[0] if wrapped else output
+        frames = hidden.unflatten(0, (step.unet_batch, step.num_frames))
+        if step.corrected:
+            key = session.cache.take(step.stage - 1, CACHE_PREFIX + self.name)
+            scale = session.config.scale
+            frames = frames.clone()
+            frames[:, ::scale] = frames[:, ::scale].lerp(key, step.residual)
+            hidden = frames.flatten(0, 1)
+        if step.record:
+            session.cache.put(step.stage, CACHE_PREFIX + self.name, frames)
+        return (hidden, *output[1:]) if wrapped else hidden

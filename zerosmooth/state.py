@@ -1,0 +1,102 @@
+"""What the hooks read during a ZeroSmooth call: the session of one call and the UNet call in progress.
+
+* :class:`Session` — one ZeroSmooth call: its config, temporal windows, the K/V operator generator
+  and the :class:`KeyStateCache`. Created when a call starts, dropped when it ends.
+* :class:`StageStep` — one UNet call: which stage runs, at which strengths. Immutable; the sampler
+  sets a new one on the session before every UNet call and clears it after.
+
+Outside a call (``session.step is None``) every hook passes its module through untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from .config import ZeroSmoothConfig
+
+
+class KeyStateCache:
+    """States recorded by stage ``s`` for stage ``s + 1`` at the current denoising step.
+
+    Entries are keyed by ``(stage, site name)`` and removed when read, so in the lockstep cascade
+    only one step's states are alive. ``peak_bytes`` is the most ever held at once;
+    ``recorded_bytes`` the total ever stored (what offloading every step's states would hold).
+    """
+
+    def __init__(self):
+        self._entries: dict[tuple[int, str], torch.Tensor] = {}
+        self.current_bytes = 0
+        self.peak_bytes = 0
+        self.recorded_bytes = 0
+
+    @staticmethod
+    def _nbytes(tensor: torch.Tensor) -> int:
+        return tensor.untyped_storage().nbytes()
+
+    def put(self, stage: int, name: str, tensor: torch.Tensor) -> None:
+        key = (stage, name)
+        if key in self._entries:
+            raise RuntimeError(f"key states of stage {stage} for {name!r} recorded twice in one step")
+        self._entries[key] = tensor
+        size = self._nbytes(tensor)
+        self.current_bytes += size
+        self.recorded_bytes += size
+        self.peak_bytes = max(self.peak_bytes, self.current_bytes)
+
+    def take(self, stage: int, name: str) -> torch.Tensor:
+        try:
+            tensor = self._entries.pop((stage, name))
+        except KeyError:
+            raise RuntimeError(
+                f"no key states of stage {stage} for {name!r}: the previous stage did not run it at this step"
+            ) from None
+        self.current_bytes -= self._nbytes(tensor)
+        return tensor
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass(frozen=True)
+class StageStep:
+    """One UNet call of the cascade: stage ``stage`` (1-based) at one denoising step.
+
+    ``unet_batch`` is the UNet's batch (videos × 2 under classifier-free guidance); ``corrected``
+    says the stage is a corrected long branch; ``record`` that a later stage reads its states;
+    ``blend`` and ``residual`` are the step's attention blend and residual strength; ``windowed``
+    that temporal self-attention runs over windows; ``position_factor`` divides frame positions.
+    """
+
+    stage: int
+    num_frames: int
+    unet_batch: int
+    corrected: bool = False
+    record: bool = False
+    blend: float = 0.0
+    residual: float = 0.0
+    windowed: bool = False
+    position_factor: float = 1.0
+
+
+@dataclass
+class Session:
+    """One ZeroSmooth call as the hooks see it (see the module docstring)."""
+
+    config: ZeroSmoothConfig
+    window: int
+    stride: int
+    kv_generator: torch.Generator
+    cache: KeyStateCache = field(default_factory=KeyStateCache)
+    step: Optional[StageStep] = None
+
+    def draw_kv_operator(self) -> str:
+        """Frame operator of spatial K/V for one attention call (SPEC §4): under ``"random_box"``,
+        ``box_left`` with probability ``p`` else ``box_right``; otherwise the configured operator."""
+        operator = self.config.kv_operator
+        if operator != "random_box":
+            return operator
+        draw = torch.rand((), generator=self.kv_generator).item()
+        return "box_left" if draw < self.config.kv_left_probability else "box_right"
