@@ -34,27 +34,29 @@ class ZeroSmoothHook(ModelHook):
         self.slot = slot
 
 
-def installed(module: torch.nn.Module) -> bool:
-    """Whether a ZeroSmooth hook is registered on ``module``."""
-    return HookRegistry.check_if_exists_or_initialize(module).get_hook(HOOK_NAME) is not None
+def installed(module: torch.nn.Module, name: str = HOOK_NAME) -> bool:
+    """Whether a ZeroSmooth hook (of ``name``) is registered on ``module``."""
+    return HookRegistry.check_if_exists_or_initialize(module).get_hook(name) is not None
 
 
-def install(pairs: list[tuple[torch.nn.Module, ZeroSmoothHook]]) -> list[torch.nn.Module]:
-    """Register each hook on its module; returns the modules, for :func:`remove`.
+def install(pairs: list[tuple[torch.nn.Module, ZeroSmoothHook]], name: str = HOOK_NAME) -> list[torch.nn.Module]:
+    """Register each hook on its module under ``name``; returns the modules, for :func:`remove`.
+
+    A hook registered later wraps those registered before it on the same module, so it sees their
+    outputs (the diagnostic probes rely on this).
 
     Raises:
-        RuntimeError: a module already carries a ZeroSmooth hook (another wrapper is enabled);
+        RuntimeError: a module already carries a hook of that name (another wrapper is enabled);
             nothing is installed then.
     """
-    taken = [module for module, _ in pairs if installed(module)]
-    if taken:
+    if any(installed(module, name) for module, _ in pairs):
         raise RuntimeError("another ZeroSmooth wrapper is enabled on this pipeline; disable it first")
     for module, hook in pairs:
-        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, HOOK_NAME)
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
     return [module for module, _ in pairs]
 
 
-def remove(modules: list[torch.nn.Module]) -> None:
-    """Unregister the ZeroSmooth hook of every module (the modules' forwards are as before)."""
+def remove(modules: list[torch.nn.Module], name: str = HOOK_NAME) -> None:
+    """Unregister the hook of ``name`` from every module (the modules' forwards are as before)."""
     for module in modules:
-        HookRegistry.check_if_exists_or_initialize(module).remove_hook(HOOK_NAME, recurse=False)
+        HookRegistry.check_if_exists_or_initialize(module).remove_hook(name, recurse=False)

@@ -220,6 +220,7 @@ def _step(plan: Plan, session: Session, stage: Stage, k: int, t, blends, residua
         stage=stage.index,
         num_frames=stage.num_frames,
         unet_batch=call.unet_batch,
+        step_index=k,
         corrected=long_branch,
         record=config.corrects and stage.index < config.stages,
         blend=blends[k],

@@ -62,7 +62,7 @@ class KeyStateCache:
 
 @dataclass(frozen=True)
 class StageStep:
-    """One UNet call of the cascade: stage ``stage`` (1-based) at one denoising step.
+    """One UNet call of the cascade: stage ``stage`` (1-based) at denoising step ``step_index``.
 
     ``unet_batch`` is the UNet's batch (videos × 2 under classifier-free guidance); ``corrected``
     says the stage is a corrected long branch; ``record`` that a later stage reads its states;
@@ -73,6 +73,7 @@ class StageStep:
     stage: int
     num_frames: int
     unet_batch: int
+    step_index: int = 0
     corrected: bool = False
     record: bool = False
     blend: float = 0.0
