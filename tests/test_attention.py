@@ -79,13 +79,12 @@ def test_svd_time_proj_positions_are_divided():
 
 def test_processors_run_the_corrected_path(monkeypatch):
     """Strength 1 at every step: the long branch's corrected Q/K/V at key frames are exactly the key
-    branch's (all of Q/K/V for temporal self-attention; Q for spatial self- and cross-attention), and
+    branch's (all of Q/K/V for temporal self-attention; Q for spatial self-attention), and
     every attention kind goes through its zs_kernels op with blend 1."""
     pipe = tiny_text_to_video_pipeline(0)
     pipe.set_progress_bar_config(disable=True)
-    seen = {"qkv": [], "windowed": [], "cross": []}
-    real_qkv, real_windowed, real_back_project = (
-        attention.zs_kernels.corrected_qkv, attention.zs_kernels.windowed_attention, attention.zs_kernels.back_project)
+    seen = {"qkv": [], "windowed": []}
+    real_qkv, real_windowed = attention.zs_kernels.corrected_qkv, attention.zs_kernels.windowed_attention
 
     def corrected_qkv(h, key_qkv, weight, bias=None, *, scale, kv_kind, backend="auto"):
         qkv, qkv_hat = real_qkv(h, key_qkv, weight, bias, scale=scale, kv_kind=kv_kind, backend=backend)
@@ -96,14 +95,8 @@ def test_processors_run_the_corrected_path(monkeypatch):
         seen["windowed"].append((kwargs["window"], kwargs["stride"], kwargs["blend"], kwargs["corrected"] is not None))
         return real_windowed(q, k, v, **kwargs)
 
-    def back_project(x, y, kind, scale, frame_dim=1, *, backend="auto"):
-        out = real_back_project(x, y, kind, scale, frame_dim, backend=backend)
-        seen["cross"].append((kind, y, out))
-        return out
-
     monkeypatch.setattr(attention.zs_kernels, "corrected_qkv", corrected_qkv)
     monkeypatch.setattr(attention.zs_kernels, "windowed_attention", windowed_attention)
-    monkeypatch.setattr(attention.zs_kernels, "back_project", back_project)
     config = ZeroSmoothConfig(strength=1.0, strength_schedule="constant")
     out = ZeroSmooth(pipe, config)(generator=generator(0), progress_bar=False,
                                    **text_kwargs(num_inference_steps=1, output_type="latent"))
@@ -119,7 +112,55 @@ def test_processors_run_the_corrected_path(monkeypatch):
     temporal_modules = sum(1 for name, _, axis in ZeroSmooth(pipe).adapter.attention_modules() if axis == "temporal")
     assert len(seen["windowed"]) == temporal_modules
     assert all(entry == (4, 2, 1.0, True) for entry in seen["windowed"])  # W = t0 = 4, overlap 2
-    assert seen["cross"] and all(kind == "sample" and torch.equal(out[:, ::2], y) for kind, y, out in seen["cross"])
+
+
+@pytest.mark.parametrize("axis", ["spatial", "temporal"])
+@pytest.mark.parametrize("record", [False, True])
+def test_cross_attention_correction_equals_two_full_passes(axis, record):
+    """The cross-attention correction attends only the key-frame rows a second time; it must equal
+    the literal o + w (ô − o) with Q̂ = back_project(Q, Q_key, sample) and both passes over every row,
+    and record Q̂ for a next stage when asked."""
+    from diffusers.models.attention_processor import Attention
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    import zs_kernels
+
+    batch, key_frames, scale, tokens, channels, heads = 2, 3, 2, 5, 16, 2
+    frames_ = key_frames * scale
+    module = Attention(query_dim=channels, cross_attention_dim=8, heads=heads, dim_head=8).eval()
+    slot = hooks.SessionSlot()
+    installed = hooks.install([(module, attention.AttentionHook(slot, "cross", axis))])
+    if axis == "spatial":  # [B·t, L, C], one row of conditions per frame
+        hidden, condition = torch.randn(batch * frames_, tokens, channels), torch.randn(batch * frames_, 4, 8)
+    else:  # [B·L, t, C], one condition per token row
+        hidden, condition = torch.randn(batch * tokens, frames_, channels), torch.randn(batch * tokens, 1, 8)
+    key_queries = torch.randn(batch, key_frames, tokens, channels)
+    session = Session(ZeroSmoothConfig(), window=frames_, stride=frames_, kv_generator=torch.Generator())
+    session.cache.put(1, "cross", key_queries)
+    session.step = StageStep(stage=2, num_frames=frames_, unet_batch=batch, corrected=True, record=record, blend=0.7)
+    slot.session = session
+    with torch.no_grad():
+        out = module(hidden, encoder_hidden_states=condition)
+        hooks.remove(installed)
+
+        def as_frames(t):
+            return t.unflatten(0, (batch, frames_)) if axis == "spatial" else t.unflatten(0, (batch, -1)).transpose(1, 2)
+
+        def as_module(t):
+            return t.flatten(0, 1) if axis == "spatial" else t.transpose(1, 2).flatten(0, 1)
+
+        def attend(q):
+            split = (lambda t: t.unflatten(-1, (heads, -1)).transpose(1, 2))
+            return sdpa(split(q), split(module.to_k(condition)), split(module.to_v(condition))).transpose(1, 2).flatten(2)
+
+        query = module.to_q(hidden)
+        query_hat = zs_kernels.back_project(as_frames(query), key_queries, "sample", scale, frame_dim=1)
+        plain, corrected = attend(query), attend(as_module(query_hat))
+        expected = module.to_out[0](plain + 0.7 * (corrected - plain))
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    if record:
+        assert torch.equal(session.cache.take(2, "cross"), query_hat)
+    assert len(session.cache) == 0
 
 
 def _draws(count: int, **config) -> list[str]:

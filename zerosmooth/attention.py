@@ -101,13 +101,16 @@ class AttentionHook(ZeroSmoothHook):
 
     # --- frame-axis views -------------------------------------------------------------------
 
-    def _frames_view(self, tensor: torch.Tensor, step: StageStep) -> torch.Tensor:
+    def _as_frames(self, tensor: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
         """The module-layout tensor ``[B·t, L, c]`` or ``[B·L, t, c]`` as a ``[B, t, L, c]`` view."""
         if self.axis == SPATIAL:
-            return tensor.unflatten(0, (step.unet_batch, step.num_frames))
-        if tensor.shape[1] != step.num_frames:
+            return tensor.unflatten(0, (batch, frames))
+        return tensor.unflatten(0, (batch, -1)).permute(0, 2, 1, 3)
+
+    def _frames_view(self, tensor: torch.Tensor, step: StageStep) -> torch.Tensor:
+        if self.axis == TEMPORAL and tensor.shape[1] != step.num_frames:
             raise RuntimeError(f"temporal module {self.name!r} saw {tensor.shape[1]} frames, expected {step.num_frames}")
-        return tensor.unflatten(0, (step.unet_batch, -1)).permute(0, 2, 1, 3)
+        return self._as_frames(tensor, step.unet_batch, step.num_frames)
 
     def _module_layout(self, tensor: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`_frames_view`: ``[B, t, L, c]`` → ``[B·t, L, c]`` or ``[B·L, t, c]``."""
@@ -144,6 +147,33 @@ class AttentionHook(ZeroSmoothHook):
             return _from_heads(out).to(query.dtype)
         return _attend(module, query, key, value).to(query.dtype)
 
+    def _corrected_cross(self, module, session: Session, step: StageStep, hidden_states, encoder_hidden_states,
+                         key_states: torch.Tensor):
+        """Cross-attention: the condition is the same for every frame, so only Q is corrected, with
+        ``sample``: Q̂ is Q except at the key frames, where it is the key branch's Q (``key_states``).
+        Each query row attends on its own, so ô differs from o only at the key frames, and only those
+        rows are attended a second time. Returns the blended output in the module layout."""
+        config, scale = session.config, session.config.scale
+        query = module.to_q(hidden_states)
+        key = module.to_k(encoder_hidden_states)
+        value = module.to_v(encoder_hidden_states)
+        out = _attend(module, query, key, value)
+        if step.record:
+            # back_project has no Triton kernel; its closed form is a single pass on any device.
+            backend = "reference" if config.backend == "reference" else "torch"
+            query_hat = zs_kernels.back_project(
+                self._frames_view(query, step), key_states, "sample", scale, frame_dim=1, backend=backend
+            )
+            self._record(session, step, query_hat)
+        key_frames = key_states.shape[1]
+        query_keys = self._module_layout(key_states)
+        if self.axis == SPATIAL and key.shape[0] == out.shape[0]:
+            # One row of conditions per frame: keep the key frames' rows.
+            key, value = (self._frames_view(t, step)[:, ::scale].flatten(0, 1) for t in (key, value))
+        out_keys = self._as_frames(_attend(module, query_keys, key, value), step.unet_batch, key_frames)
+        self._frames_view(out, step)[:, ::scale].lerp_(out_keys, step.blend)
+        return out.to(query.dtype)
+
     def _corrected(self, module, session: Session, step: StageStep, hidden_states, encoder_hidden_states):
         """Back-project onto the previous stage's states, attend with both, blend (SPEC §4).
 
@@ -152,19 +182,7 @@ class AttentionHook(ZeroSmoothHook):
         config = session.config
         key_states = session.cache.take(step.stage - 1, self.name)
         if encoder_hidden_states is not None:
-            # Cross-attention: the condition is the same for every frame, so only Q is corrected.
-            query = module.to_q(hidden_states)
-            # back_project has no Triton kernel; its closed form is a single pass on any device.
-            backend = "reference" if config.backend == "reference" else "torch"
-            query_hat = zs_kernels.back_project(
-                self._frames_view(query, step), key_states, "sample", config.scale, frame_dim=1, backend=backend
-            )
-            self._record(session, step, query_hat)
-            key = module.to_k(encoder_hidden_states)
-            value = module.to_v(encoder_hidden_states)
-            out = _attend(module, query, key, value)
-            out_hat = _attend(module, self._module_layout(query_hat), key, value)
-            return out.lerp_(out_hat, step.blend).to(query.dtype)
+            return self._corrected_cross(module, session, step, hidden_states, encoder_hidden_states, key_states)
 
         kv_operator = "sample" if self.axis == TEMPORAL else session.draw_kv_operator()
         weight, bias = _stacked_projection(module)
