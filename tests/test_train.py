@@ -146,3 +146,22 @@ def test_embedded_missing_is_a_clear_error(monkeypatch, tmp_path):
 def test_shipped_model_loads_offline():
     pipe = demo.load_embedded_pipeline()
     assert pipe.unet.config.num_frames >= 8
+
+
+def test_decoder_study_sees_the_temporal_decoder_mix_key_frames(tmp_path):
+    """The per-frame decoder's key-frame ceiling is exact (100 dB); a temporal decoder's is not."""
+    from zerosmooth.lab import decoders
+
+    vae = _components()["vae"].eval()
+    train.per_frame_decoder(vae)
+    vae.save_pretrained(tmp_path / "per_frame" / "vae")
+    train.start_temporal_decoder(vae)
+    with torch.no_grad():
+        for module in vae.decoder.modules():
+            if type(module).__name__ == "TemporalResnetBlock":
+                module.conv2.weight.normal_(0, 0.05)
+    vae.save_pretrained(tmp_path / "temporal" / "vae")
+    per_frame = decoders.measure(tmp_path / "per_frame", seeds=1, frames=3)
+    temporal = decoders.measure(tmp_path / "temporal", seeds=1, frames=3)
+    assert per_frame["key_ceiling_psnr"] == pytest.approx(100.0)
+    assert temporal["key_ceiling_psnr"] < 60
