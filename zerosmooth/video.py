@@ -3,20 +3,25 @@ that lines up the stages of a cascade so key frames and interpolated frames can 
 
 Every writer accepts one video as either a float tensor/array ``[T, C, H, W]`` with values in
 ``[0, 1]`` (what ``output_type="pt"`` gives per video), a uint8 array ``[T, H, W, C]``, or a list
-of PIL images.
+of PIL images. Every writer is atomic: it writes a hidden temporary file beside the target and
+renames it into place, so a failed or interrupted write leaves neither a partial file nor a
+temporary one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import secrets
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Iterator, Sequence, Union
 
 import imageio_ffmpeg
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["to_uint8", "write_mp4", "write_gif", "contact_sheet", "side_by_side"]
+__all__ = ["to_uint8", "write_mp4", "write_gif", "gif_timing", "contact_sheet", "side_by_side", "write_npz", "temporary_path", "atomic_path"]
 
 Frames = Union[torch.Tensor, np.ndarray, Sequence[Image.Image]]
 
@@ -25,6 +30,33 @@ KEY_COLOUR = (46, 160, 67)
 INTERPOLATED_COLOUR = (230, 126, 34)
 BACKGROUND = (24, 24, 24)
 TEXT_COLOUR = (235, 235, 235)
+
+# GIF delays count hundredths of a second, and browsers play delays under 2 of them as 10
+# (100 ms), so no GIF frame may be shorter than 2 ticks.
+GIF_TICK_MS = 10
+GIF_MIN_TICKS = 2
+
+
+def temporary_path(path: Union[str, Path]) -> Path:
+    """A fresh hidden name in ``path``'s folder with ``path``'s suffix (writers such as ffmpeg pick
+    the format from it). Short on purpose: it must fit wherever ``path`` itself fits."""
+    path = Path(path)
+    return path.with_name(f".zs-{secrets.token_hex(6)}.tmp{path.suffix}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
+    """Yield a temporary path to write; it replaces ``path`` only when the block succeeds, and is
+    removed when it fails or is interrupted."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_path(path)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def to_uint8(frames: Frames) -> np.ndarray:
@@ -66,44 +98,88 @@ def write_mp4(frames: Frames, path: Union[str, Path], fps: float, quality: int =
     pad_h, pad_w = video.shape[1] % 2, video.shape[2] % 2
     if pad_h or pad_w:
         video = np.pad(video, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     height, width = video.shape[1:3]
-    writer = imageio_ffmpeg.write_frames(
-        str(path),
-        (width, height),
-        fps=fps,
-        codec="libx264",
-        quality=quality,
-        macro_block_size=1,
-        ffmpeg_log_level="error",
-    )
-    writer.send(None)  # start the ffmpeg process
-    for frame in video:
-        writer.send(np.ascontiguousarray(frame))
-    writer.close()
-    return path
+    with atomic_path(path) as temporary:
+        writer = imageio_ffmpeg.write_frames(
+            str(temporary),
+            (width, height),
+            fps=fps,
+            codec="libx264",
+            quality=quality,
+            macro_block_size=1,
+            ffmpeg_log_level="error",
+        )
+        try:
+            writer.send(None)  # start the ffmpeg process
+            for frame in video:
+                writer.send(np.ascontiguousarray(frame))
+        finally:
+            # Also on failure: closing stops the ffmpeg process instead of leaving it behind.
+            writer.close()
+    return Path(path)
+
+
+def gif_timing(num_frames: int, fps: float) -> tuple[list[int], list[int]]:
+    """Which frames a GIF of a ``num_frames``-frame clip at ``fps`` shows, and for how many ms each.
+
+    Frame ``i`` starts at tick ``round(100·i/fps)``, so the delays add up to the clip's length
+    (``num_frames/fps`` s, to the nearest 10 ms) instead of drifting by a rounding error per frame:
+    28 fps plays as 40, 30, 40, 40, 30, … ms, like the mp4. Above 50 fps a frame would last under
+    20 ms, which browsers stretch to 100 ms; there the GIF drops frames and gives their time to
+    the frame before, keeping the clip's length.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames!r}")
+    if not fps > 0:
+        raise ValueError(f"fps must be positive, got {fps!r}")
+    ticks = [round(100 * index / fps) for index in range(num_frames + 1)]
+    shown: list[int] = []
+    delays: list[int] = []
+    for index in range(num_frames):
+        delay = ticks[index + 1] - ticks[index]
+        if delays and delays[-1] < GIF_MIN_TICKS:
+            delays[-1] += delay
+        else:
+            shown.append(index)
+            delays.append(delay)
+    if len(delays) > 1 and delays[-1] < GIF_MIN_TICKS:
+        shown.pop()
+        delays[-2] += delays.pop()
+    delays[-1] = max(delays[-1], GIF_MIN_TICKS)
+    return shown, [delay * GIF_TICK_MS for delay in delays]
 
 
 def write_gif(frames: Frames, path: Union[str, Path], fps: float) -> Path:
-    """Write a looping animated gif and return its path.
+    """Write a looping animated gif that plays as long as the clip at ``fps`` (see ``gif_timing``)
+    and return its path."""
+    video = to_uint8(frames)
+    shown, durations = gif_timing(len(video), fps)
+    images = [Image.fromarray(video[index]) for index in shown]
+    with atomic_path(path) as temporary:
+        images[0].save(
+            temporary,
+            format="GIF",
+            save_all=True,
+            append_images=images[1:],
+            duration=durations,
+            loop=0,
+            disposal=1,
+        )
+    return Path(path)
 
-    GIF stores frame durations in hundredths of a second, so very high rates are approximated.
-    """
-    if not fps > 0:
-        raise ValueError(f"fps must be positive, got {fps!r}")
-    images = [Image.fromarray(frame) for frame in to_uint8(frames)]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images[0].save(
-        path,
-        save_all=True,
-        append_images=images[1:],
-        duration=max(20, round(1000.0 / fps)),
-        loop=0,
-        disposal=1,
-    )
-    return path
+
+def write_npz(stages: Sequence[Union[torch.Tensor, np.ndarray]], path: Union[str, Path]) -> Path:
+    """Write every stage's frames exactly as generated, as float32 arrays ``stage1``, ``stage2``, …
+    (each ``[T, C, H, W]``), into one ``.npz``, and return its path."""
+    arrays = {
+        f"stage{index}": (stage.detach().to("cpu", torch.float32).numpy() if isinstance(stage, torch.Tensor)
+                          else np.asarray(stage, dtype=np.float32))
+        for index, stage in enumerate(stages, start=1)
+    }
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb") as file:  # a file object: np.savez would append .npz to a name
+            np.savez(file, **arrays)
+    return Path(path)
 
 
 def _stage_videos(stages: Sequence[Frames], scale: int) -> list[np.ndarray]:
@@ -221,7 +297,6 @@ def contact_sheet(
             tile = Image.fromarray(video[index]).resize((tile_width, tile_height), Image.NEAREST)
             sheet.paste(tile, (left + border, top + border))
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sheet.save(path, format="PNG")
+        with atomic_path(path) as temporary:
+            sheet.save(temporary, format="PNG")
     return sheet
