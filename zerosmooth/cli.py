@@ -2,48 +2,41 @@
 
 * ``zerosmooth generate``: run a diffusers video pipeline through the ZeroSmooth cascade and write
   an mp4, a gif, a PNG contact sheet (key vs interpolated frames per stage) and a side-by-side
-  comparison video of all stages over the same time span. With no
-  ``--model`` it runs the embedded default model, a tiny SVD-style pipeline trained on the
-  procedural world (``zerosmooth.demo``), fed a frame of that world; in a checkout without the
-  shipped weights it falls back to the tiny *untrained* pipeline built from config
-  (``zerosmooth.lab.tiny``), whose output is noise-like by design.
+  comparison video of all stages over the same time span. With no ``--model`` it runs the
+  embedded default model (``zerosmooth.demo``), fed a frame of the procedural world.
+  ``--batch JOBS.jsonl`` runs one job per line, in one process or split between the processes of
+  ``accelerate launch`` / ``torchrun`` (see ``zerosmooth.batch``).
 * ``zerosmooth train-tiny …``: ``python -m zerosmooth.lab.train …`` (trains the embedded model).
 * ``zerosmooth evaluate …``: ``python -m zerosmooth.lab.evaluate …`` (the paper-style comparison).
+
+Every argument is checked before anything heavy is imported or loaded: ``--help`` and argument
+errors cost about as much as starting Python, and the model's constraints are read from its saved
+configs. Exit codes: 0 done, 1 failed (a job, the model's loading), 2 bad input (nothing was done),
+3 generated but written elsewhere than asked (the message says where), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
-import inspect
+import json
+import os
+import re
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
-import torch
-from PIL import Image, ImageDraw
+from . import batch
+from .batch import LABEL, JOB_OPTIONS, Job, JobError, JobResult, JobsFileError, ModelSpec, ModelSpecError
 
-from . import video
-from .config import METHODS
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-# Settings of the built-in models (embedded or untrained): what the embedded one was trained at.
-DEFAULT_MODEL_FRAMES = 8
-DEFAULT_MODEL_STEPS = 10
-DEFAULT_MODEL_SIZE = 32
-
-EMBEDDED_NOTICE = (
-    "No --model given: using the embedded tiny SVD-style model trained on ZeroSmooth's procedural world of "
-    "moving shapes (32x32 px, 8 frames at 7 fps). Pass --model <diffusers directory or hub id> for your own model."
-)
-UNTRAINED_NOTICE = (
-    "No --model given: using the built-in tiny SVD pipeline. It is an UNTRAINED model built from config "
-    "(random weights), so the video is noise-like; it shows the pipeline runs end to end. "
-    "Pass --model <diffusers directory or hub id> for real results."
-)
-
+EXIT_DONE, EXIT_FAILED, EXIT_USAGE, EXIT_RESCUED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+DTYPES = ("float32", "float16", "bfloat16")
+DEVICE = re.compile(r"(auto|cpu|cuda|mps|xpu)(:\d+)?")
+# A hub id: "name" or "owner/name" of letters, digits, "-", "_", ".".
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?")
+TRAIN_COMMAND = "zerosmooth train-tiny --out RUN_DIR --export {path}"
 
 DELEGATED_COMMANDS = (
     ("train-tiny", "zerosmooth.lab.train", "train the embedded tiny model on the procedural world"),
@@ -51,8 +44,8 @@ DELEGATED_COMMANDS = (
 )
 
 
-class CLIError(Exception):
-    """A user error found after parsing (e.g. a model that does not fit the other arguments)."""
+class UsageError(Exception):
+    """Bad input found after parsing; nothing was done (exit 2)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,325 +65,394 @@ def build_parser() -> argparse.ArgumentParser:
             "TextToVideoSDPipeline) and multiply its frame rate with the ZeroSmooth cascade. Writes OUT.mp4, "
             "OUT.gif, OUT_sheet.png and (with 2+ stages) OUT_compare.mp4/.gif, all stages side by side."
         ),
+        epilog="Exit codes: 0 done; 1 failed (a job, or loading the model); 2 bad input, nothing was done; "
+        "3 generated but written elsewhere than asked (the message says where); 130 interrupted.",
     )
     gen.add_argument(
         "--model",
-        help="local diffusers pipeline directory or hub id, loaded with DiffusionPipeline.from_pretrained "
+        help="local diffusers pipeline folder or hub id, loaded with DiffusionPipeline.from_pretrained "
         "(default: the embedded tiny SVD model trained on the procedural world)",
     )
     source = gen.add_mutually_exclusive_group()
-    source.add_argument("--image", type=Path, help="conditioning image for image-to-video pipelines (SVD)")
-    source.add_argument("--prompt", help="text prompt for text-to-video pipelines (AnimateDiff, ModelScope)")
-    gen.add_argument("--negative-prompt", help="negative prompt for text-to-video pipelines")
-    gen.add_argument("--scale", type=int, default=2, help="frame-rate factor per stage, an integer >= 2 (default 2)")
-    gen.add_argument("--stages", type=int, default=2, help="stages; stage 1 is the base video (default 2)")
-    gen.add_argument(
-        "--frames",
-        type=int,
-        help="base frame count t0; the last stage has t0*scale^(stages-1) frames "
-        f"(default: the model's own, {DEFAULT_MODEL_FRAMES} for the built-in model)",
-    )
-    gen.add_argument(
-        "--steps",
-        type=int,
-        help=f"denoising steps (default: the pipeline's own, {DEFAULT_MODEL_STEPS} for the built-in model)",
-    )
-    gen.add_argument("--seed", type=int, default=0, help="seed of the noise and of the K/V operator draws (default 0)")
-    gen.add_argument(
-        "--fps",
-        type=int,
-        help="frame rate of the base video (default 7 for SVD, 8 otherwise); it is SVD's fps condition, and "
-        "stage s plays at fps*scale^(s-1) so every stage lasts as long",
-    )
-    for side in ("height", "width"):
-        gen.add_argument(
-            f"--{side}",
-            type=int,
-            help=f"frame {side} in pixels (default: the pipeline's own, {DEFAULT_MODEL_SIZE} for the built-in model)",
-        )
-    gen.add_argument("--guidance", type=float, help="guidance scale (SVD: the max of its per-frame guidance)")
-    gen.add_argument(
-        "--method",
-        choices=METHODS,
-        default="zerosmooth",
-        help="zerosmooth (the method), direct (base model run at every stage's frame count) or latent_ddnm "
-        "(baseline); default zerosmooth",
-    )
-    gen.add_argument(
-        "--out",
-        type=Path,
-        default=Path("out/zerosmooth"),
-        help="output stem: writes STEM.mp4, STEM.gif, STEM_sheet.png, STEM_compare.mp4/.gif; an existing "
-        "directory writes DIR/zerosmooth.* (default out/zerosmooth)",
-    )
-    gen.add_argument(
-        "--device", default="auto", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)"
-    )
-    gen.add_argument(
-        "--dtype",
-        choices=["auto", *DTYPES],
-        default="auto",
-        help="model dtype (default: float16 on CUDA, float32 on CPU)",
-    )
-    gen.add_argument(
-        "--threads",
-        type=int,
-        help="CPU intra-op threads (default: torch's own; 1 for the built-in tiny model, whose ops are too "
-        "small to gain from threads and slow down a lot when cores are busy)",
-    )
-    gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    # Semantic errors found after parsing are reported through the subcommand's own parser.
+    for option in JOB_OPTIONS:
+        target = source if option.name in ("image", "prompt") else gen
+        if option.kind is bool:
+            target.add_argument(f"--{option.name}", action="store_true", default=None, help=option.help)
+        else:
+            kind = {int: int, float: float}.get(option.kind, str)
+            target.add_argument(f"--{option.name}", type=kind, choices=option.choices or None, help=option.help)
+    gen.add_argument("--device", default="auto", help="torch device: cpu, cuda, cuda:N, mps, xpu (default: cuda if "
+                     "available; under a multi-process launch each process takes its own GPU)")
+    gen.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
+                     help="model dtype (default: float16 on CUDA, float32 otherwise)")
+    gen.add_argument("--threads", type=int, help="CPU intra-op threads per process (default: torch's own; with "
+                     "--batch 1, so a job's frames do not depend on how many processes share the machine)")
+    gen.add_argument("--batch", type=Path, metavar="JOBS.jsonl",
+                     help="run one job per line: a JSON object of this command's options by their long names "
+                     "(image or prompt, seed, out, frames, scale, stages, …); the options given here are every "
+                     "job's defaults; a job without out writes OUT_jobLINE.*")
+    gen.add_argument("--overwrite", action="store_true",
+                     help="with --batch: redo jobs whose outputs exist (by default they are skipped, so a rerun resumes)")
+    gen.add_argument("--report", type=Path, metavar="FILE.json",
+                     help="also write every job's result (line, status, outputs, seconds, process, error) as JSON")
+    gen.add_argument("--verbose", action="store_true",
+                     help="show everything: third-party warnings, loading bars, tracebacks of errors")
+    gen.add_argument("--no-progress", action="store_true", help="hide progress bars")
     gen.set_defaults(error=gen.error)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the ``zerosmooth`` console script and ``python -m zerosmooth``.
-
-    Returns 0 on success. Bad arguments exit with status 2 and a message naming the argument, the
-    value and what was expected (argparse's convention).
-    """
+    """Entry point of the ``zerosmooth`` console script and ``python -m zerosmooth``; returns the
+    exit code (bad arguments exit with 2 through argparse, naming the argument, the value and what
+    was expected)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     for name, module, _ in DELEGATED_COMMANDS:
         if argv[:1] == [name]:
             return importlib.import_module(module).main(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
-        return generate(args)
-    except CLIError as error:
+        return _generate(args)
+    except UsageError as error:
+        if _rank_from_environment() != 0:  # every process found the same error; one says it
+            raise SystemExit(EXIT_USAGE) from None
         args.error(str(error))
+    except KeyboardInterrupt:
+        print("Interrupted: no partial outputs were left.", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
-def _check_arguments(args: argparse.Namespace):
-    """Semantic checks that need no model; returns the validated ZeroSmoothConfig."""
-    from .config import ZeroSmoothConfig
-
-    for name in ("frames", "steps", "fps", "height", "width", "threads"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise CLIError(f"--{name} must be a positive integer, got {value}")
-    if args.image is not None and not args.image.is_file():
-        raise CLIError(f"--image: no such file {str(args.image)!r}")
-    if args.model is not None and args.model.startswith((".", "/", "~")) and not Path(args.model).expanduser().exists():
-        raise CLIError(
-            f"--model: no such directory {args.model!r} (expected a diffusers pipeline directory or a hub id)"
-        )
+def _rank_from_environment() -> int:
     try:
-        return ZeroSmoothConfig(scale=args.scale, stages=args.stages, seed=args.seed, method=args.method)
-    except ValueError as error:
-        # The config names its field; point the user at the flag instead.
-        message = str(error).replace("ZeroSmoothConfig.", "--")
-        raise CLIError(message) from None
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
 
 
-def _resolve_device_dtype(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
-    device_name = args.device
-    if device_name == "auto":
-        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+# --- checks -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _as_usage(label=lambda error: f"--{error.option}") -> Iterator[None]:
     try:
-        device = torch.device(device_name)
-    except RuntimeError:
-        raise CLIError(f"--device must be a torch device such as cpu or cuda, got {args.device!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError(f"--device {args.device!r}: CUDA is not available on this machine (use --device cpu)")
+        yield
+    except JobError as error:
+        raise UsageError(error.describe(label(error))) from None
+    except JobsFileError as error:
+        raise UsageError(str(error)) from None
+    except ModelSpecError as error:
+        raise UsageError(f"--model: {error}") from None
+
+
+def _job_values(args: argparse.Namespace) -> dict:
+    """The job options given on the command line."""
+    values = {}
+    for option in JOB_OPTIONS:
+        value = getattr(args, option.attribute)
+        if value is not None:
+            values[option.name] = value
+    return values
+
+
+def _check_run_settings(args: argparse.Namespace) -> None:
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be a positive integer, got {args.threads}")
+    if DEVICE.fullmatch(args.device) is None:
+        raise UsageError(f"--device must be auto, cpu, cuda, cuda:N, mps or xpu, got {args.device!r}")
+    if args.batch is None:
+        if args.overwrite:
+            raise UsageError("--overwrite applies with --batch only (a single run always replaces its outputs)")
+    elif not args.batch.is_file():
+        problem = "is a folder" if args.batch.is_dir() else "does not exist"
+        raise UsageError(f"--batch must be a jobs file (one JSON object per line), got {str(args.batch)!r}, which {problem}")
+    if args.report is not None:
+        if args.report.is_dir():
+            raise UsageError(f"--report must be a file name, got {str(args.report)!r}, which is a folder")
+        if not args.report.parent.is_dir():
+            raise UsageError(f"--report must be in an existing folder, got {str(args.report)!r}")
+
+
+def resolve_model(model: Optional[str]) -> tuple[ModelSpec, str]:
+    """The model's spec, read from its configs without loading it, and what to load: a local
+    folder, or a hub id whose configs were fetched (``--model``'s value; None: the embedded model)."""
+    if model is None:
+        from .demo import embedded_model_path
+
+        path = embedded_model_path()
+        if not (path / "model_index.json").is_file():
+            raise UsageError(
+                f"the embedded model's weights are not in this installation ({path} has no model_index.json). "
+                f"Train them with: {TRAIN_COMMAND.format(path=path)}  (or pass --model)"
+            )
+        return ModelSpec.from_directory(path, name="the embedded model"), str(path)
+    local = Path(model).expanduser()
+    if local.is_file():
+        raise UsageError(f"--model must be a diffusers pipeline folder or a hub id, got {model!r}, which is a file")
+    if local.is_dir():
+        return ModelSpec.from_directory(local, name=model), str(local)
+    if model.startswith((".", "/", "~")) or "\\" in model or model.count("/") > 1 or model.endswith("/"):
+        raise UsageError(f"--model: no such directory {model!r} (expected a diffusers pipeline directory or a hub id)")
+    if HUB_ID.fullmatch(model) is None:
+        raise UsageError(f"--model must be a diffusers pipeline folder or a hub id (owner/name), got {model!r}")
+    return ModelSpec.from_directory(_hub_configs(model), name=model), model
+
+
+def _hub_configs(repo_id: str) -> Path:
+    """Fetch only the JSON configs of a hub model (the weights come when it loads)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json"]))
+    except Exception as error:  # noqa: BLE001 - network, missing, gated, offline: each says why
+        kind = type(error).__name__
+        if kind in ("RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError"):
+            why = f"the hub has no model {repo_id!r} you can access ({kind})"
+        else:
+            why = f"the hub could not be reached or has no copy cached ({batch._root_message(error)})"
+        raise UsageError(
+            f"--model {repo_id!r} is not a local folder, and {why}. Pass a diffusers pipeline folder, or a hub id "
+            "where the network allows."
+        ) from None
+
+
+def _resolve_device(args: argparse.Namespace):
+    """The torch device and dtype (imports torch: the last check before loading)."""
+    import torch
+
+    name = args.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {args.device!r}: CUDA is not available on this machine (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device must name one of this machine's {torch.cuda.device_count()} GPUs, "
+                             f"got {args.device!r}")
+    for kind in ("mps", "xpu"):
+        backend = getattr(torch.backends, kind, None) if kind == "mps" else getattr(torch, kind, None)
+        if device.type == kind and not (backend is not None and backend.is_available()):
+            raise UsageError(f"--device {args.device!r}: {kind} is not available on this machine (use --device cpu)")
     if args.dtype == "auto":
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     else:
-        dtype = DTYPES[args.dtype]
+        dtype = getattr(torch, args.dtype)
     return device, dtype
 
 
-def procedural_image(size: tuple[int, int], seed: int = 0) -> Image.Image:
-    """A deterministic test picture: coloured shapes on a gradient, drawn at ``size = (width, height)``."""
-    width, height = size
-    generator = torch.Generator().manual_seed(seed)
-    image = Image.new("RGB", (width, height))
-    draw = ImageDraw.Draw(image)
-    for row in range(height):  # a vertical sky-to-ground gradient
-        shade = row / max(1, height - 1)
-        draw.line([(0, row), (width, row)], fill=(int(40 + 80 * shade), int(70 + 60 * shade), int(140 - 60 * shade)))
-    colours = [(235, 60, 50), (60, 200, 80), (250, 210, 40), (220, 70, 220)]
-    for index, colour in enumerate(colours):
-        cx, cy, radius = (torch.rand(3, generator=generator) * torch.tensor([width, height, 0.15])).tolist()
-        radius = max(2.0, (0.1 + radius) * min(width, height))
-        box = [cx - radius, cy - radius, cx + radius, cy + radius]
-        (draw.ellipse if index % 2 == 0 else draw.rectangle)(box, fill=colour)
-    return image
+def _describe_warnings(jobs: Sequence[Job], single: bool) -> list[str]:
+    """One line per distinct warning; a batch names the lines it concerns (a few of them)."""
+    grouped: dict[str, list[int]] = {}
+    for job in jobs:
+        for option, template in job.warnings:
+            grouped.setdefault(template.replace(LABEL, f"--{option}" if single else option), []).append(job.line)
+    lines = []
+    for text, numbers in grouped.items():
+        if single:
+            lines.append(f"warning: {text}")
+        else:
+            shown = ", ".join(map(str, numbers[:5])) + (f" and {len(numbers) - 5} more" if len(numbers) > 5 else "")
+            lines.append(f"warning: line{'s' if len(numbers) > 1 else ''} {shown}: {text}")
+    return lines
 
 
-def embedded_model_shipped() -> bool:
-    from .demo import embedded_model_path
-
-    return (embedded_model_path() / "model_index.json").is_file()
+# --- quiet third-party output -------------------------------------------------------------------
 
 
-def world_image(size: tuple[int, int], seed: int = 0) -> Image.Image:
-    """A first frame of the procedural world (held-out seeds), the kind of input the embedded model knows."""
-    from .lab.world import HELD_OUT_SEED_BASE, WorldConfig, render_clip
+@contextlib.contextmanager
+def _third_party_output(verbose: bool, tty: bool) -> Iterator[None]:
+    """Quiet by default: no warnings a user cannot act on (deprecations, transformers' torchvision
+    notice), no loading bars. ``--verbose`` leaves everything as the libraries make it. Whatever
+    is changed is restored, so ``main()`` can run inside a larger program."""
+    if verbose:
+        yield
+        return
+    import logging
+    import warnings
 
-    width, height = size
-    frames = render_clip(HELD_OUT_SEED_BASE + seed, 1, WorldConfig(size=height)).frames  # [1, 3, H, W]
-    image = Image.fromarray(video.to_uint8(frames)[0])
-    return image if image.size == (width, height) else image.resize((width, height))
+    import huggingface_hub.utils as hub_utils
+
+    hub_bars = not hub_utils.are_progress_bars_disabled()
+    if not tty:  # a download bar is worth its lines on a terminal only
+        hub_utils.disable_progress_bars()
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from diffusers.utils import logging as diffusers_logging
+            from transformers.utils import logging as transformers_logging
+
+            bars = [log.is_progress_bar_enabled() for log in (diffusers_logging, transformers_logging)]
+            for log in (diffusers_logging, transformers_logging):
+                log.disable_progress_bar()
+            try:
+                yield
+            finally:
+                for log, bar in zip((diffusers_logging, transformers_logging), bars):
+                    if bar:
+                        log.enable_progress_bar()
+    finally:
+        logging.disable(logging.NOTSET)
+        if hub_bars:
+            hub_utils.enable_progress_bars()
 
 
-def _load_pipeline(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
-    """The pipeline named by ``--model`` (or the default model) on ``device`` in ``dtype``."""
-    if args.model is None:
-        if embedded_model_shipped():
+# --- generate -----------------------------------------------------------------------------------
+
+
+def _load_pipeline(model: Optional[str], location: str, device, dtype):
+    """The pipeline on ``device`` in ``dtype``; loading errors name their root cause (exit 1)."""
+    try:
+        if model is None:
             from .demo import load_embedded_pipeline
 
             return load_embedded_pipeline(device, dtype)
-        from .lab.tiny import tiny_svd_pipeline
+        from diffusers import DiffusionPipeline
 
-        return tiny_svd_pipeline(seed=0).to(device=device, dtype=dtype)
-    from diffusers import DiffusionPipeline
-
-    try:
-        pipe = DiffusionPipeline.from_pretrained(args.model, dtype=dtype)
-    except Exception as error:  # from_pretrained fails in many ways (missing files, offline hub, bad index)
-        raise CLIError(f"--model {args.model!r} could not be loaded as a diffusers pipeline: {error}") from None
-    return pipe.to(device)
+        return DiffusionPipeline.from_pretrained(location, dtype=dtype).to(device)
+    except Exception as error:  # noqa: BLE001 - from_pretrained fails in many ways (files, memory, versions)
+        raise _Failure(f"--model {model or location!r} could not be loaded: {batch._root_message(error)}") from error
 
 
-def _pipeline_kwargs(args: argparse.Namespace, pipe) -> tuple[dict, int, str]:
-    """The wrapped pipeline's keyword arguments, the base fps and a description of the input."""
-    parameters = inspect.signature(pipe.__call__).parameters
-    image_to_video = "image" in parameters and "prompt" not in parameters
-    builtin = args.model is None
-    kwargs = {"generator": torch.Generator("cpu").manual_seed(args.seed), "output_type": "pt"}
-
-    height = args.height or (DEFAULT_MODEL_SIZE if builtin else None)
-    width = args.width or (DEFAULT_MODEL_SIZE if builtin else None)
-    factor = getattr(pipe, "vae_scale_factor", 1)
-    for name, value in (("height", height), ("width", width)):
-        if value is not None:
-            if value % factor:
-                raise CLIError(
-                    f"--{name} must be a multiple of {factor} (the VAE's downsampling) for this model, got {value}"
-                )
-            kwargs[name] = value
-    frames = args.frames or (DEFAULT_MODEL_FRAMES if builtin else None)
-    if frames is not None:
-        kwargs["num_frames"] = frames
-    steps = args.steps or (DEFAULT_MODEL_STEPS if builtin else None)
-    if steps is not None:
-        kwargs["num_inference_steps"] = steps
-
-    fps = args.fps or (7 if image_to_video else 8)
-    if image_to_video:
-        if args.prompt is not None or args.negative_prompt is not None:
-            raise CLIError(f"--prompt/--negative-prompt: {type(pipe).__name__} is image-to-video; pass --image instead")
-        if args.image is not None:
-            try:
-                kwargs["image"] = Image.open(args.image).convert("RGB")
-            except OSError as error:
-                raise CLIError(f"--image {str(args.image)!r} is not a readable image: {error}") from None
-            source = f"image {args.image}"
-        elif builtin and embedded_model_shipped():
-            size = (width, height)
-            kwargs["image"] = world_image(size, seed=args.seed)
-            source = f"a {size[0]}x{size[1]} first frame of the procedural world, seed {args.seed} (no --image given)"
-        else:
-            size = (width or 1024, height or 576)
-            kwargs["image"] = procedural_image(size, seed=args.seed)
-            source = f"a procedurally drawn {size[0]}x{size[1]} image of coloured shapes (no --image given)"
-        if "fps" in parameters:
-            kwargs["fps"] = fps
-        if args.guidance is not None:
-            kwargs["max_guidance_scale"] = args.guidance
-    else:
-        if args.image is not None:
-            raise CLIError(f"--image: {type(pipe).__name__} is text-to-video; pass --prompt instead")
-        if "prompt" not in parameters:
-            raise CLIError(f"--model: {type(pipe).__name__} takes neither image= nor prompt=")
-        if not args.prompt:
-            raise CLIError(f"--prompt is required for the text-to-video pipeline {type(pipe).__name__}")
-        kwargs["prompt"] = args.prompt
-        if args.negative_prompt is not None:
-            kwargs["negative_prompt"] = args.negative_prompt
-        if args.guidance is not None:
-            kwargs["guidance_scale"] = args.guidance
-        source = f"prompt {args.prompt!r}"
-    return kwargs, fps, source
+class _Failure(Exception):
+    """Work failed after the checks (exit 1); the message says why, ``--verbose`` shows the traceback."""
 
 
-def _output_stem(out: Path) -> Path:
-    return out / "zerosmooth" if out.is_dir() else out
-
-
-def generate(args: argparse.Namespace) -> int:
-    """Run ``zerosmooth generate`` with parsed arguments; returns the exit status."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    from . import ZeroSmooth
-
-    config = _check_arguments(args)
-    device, dtype = _resolve_device_dtype(args)
+def _generate(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    untrained = args.model is None and not embedded_model_shipped()
-    if args.model is None:
-        print(UNTRAINED_NOTICE if untrained else EMBEDDED_NOTICE, flush=True)
-    # Loading and the wrapped pipeline's own bars and deprecation notes would drown the report.
-    verbosities = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
-    bars = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
-    for log in (diffusers_logging, transformers_logging):
-        log.set_verbosity_error()
-        log.disable_progress_bar()
-    threads = torch.get_num_threads()
-    if args.threads is not None or args.model is None:
-        torch.set_num_threads(args.threads or 1)
+    _check_run_settings(args)
+    values = _job_values(args)
+    with _as_usage():
+        template = batch.make_job(values, None)  # what needs no model first: no torch is imported for it
+    with _as_usage():
+        spec, location = resolve_model(args.model)
+    if args.batch is None:
+        with _as_usage():
+            batch.check_against_model(template, spec)
+            if template.image is not None:
+                _decode(template.image)
+        jobs = [template]
+    else:
+        with _as_usage():
+            batch.check_sizes(template, spec)
+        with _as_usage(lambda error: error.option):
+            try:
+                jobs = batch.read_jobs(args.batch, values, spec, default_stem=template.stem)
+            except (OSError, UnicodeDecodeError) as error:
+                raise UsageError(f"--batch {str(args.batch)!r} is unreadable: {batch._root_message(error)}") from None
+    rank = _rank_from_environment()
+    for line in _describe_warnings(jobs, single=args.batch is None):
+        if rank == 0:
+            print(line, file=sys.stderr)
+    with _as_usage(lambda error: f"--{error.option}" if not error.line else f"line {error.line}: {error.option}"):
+        created = batch.prepare_outputs(jobs)
+    threads = None
     try:
-        pipe = _load_pipeline(args, device, dtype)
-        pipe.set_progress_bar_config(disable=True)
-        try:
-            smoother = ZeroSmooth(pipe, config)
-        except TypeError as error:
-            raise CLIError(f"--model: {error}") from None
-        kwargs, fps, source = _pipeline_kwargs(args, pipe)
-        model_name = args.model or ("built-in tiny untrained SVD" if untrained else "embedded tiny world SVD")
-        dtype_name = str(dtype).replace("torch.", "")
-        print(f"Model: {model_name} ({type(pipe).__name__}) on {device}, {dtype_name}", flush=True)
-        print(f"Input: {source}", flush=True)
-        try:
-            output = smoother(progress_bar=not args.no_progress, **kwargs)
-        except ValueError as error:
-            raise CLIError(str(error)) from None
+        device, dtype = _resolve_device(args)
+        import torch
+
+        threads = torch.get_num_threads()
+        if args.threads is not None or args.batch is not None:
+            torch.set_num_threads(args.threads or 1)
+        with _third_party_output(args.verbose, sys.stderr.isatty()):
+            if args.batch is None:
+                return _single(args, jobs[0], spec, location, device, dtype, start)
+            return _batch(args, jobs, spec, location, device, dtype)
+    except _Failure as error:
+        if args.verbose and error.__cause__ is not None:
+            import traceback
+
+            traceback.print_exception(error.__cause__)
+        print(f"zerosmooth generate: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
-        # main() may run inside a larger program (tests): leave global state as it was.
-        torch.set_num_threads(threads)
-        for log, verbosity, bar in zip((diffusers_logging, transformers_logging), verbosities, bars):
-            log.set_verbosity(verbosity)
-            if bar:
-                log.enable_progress_bar()
+        batch.remove_empty_folders(created)  # those a finished job wrote into are not empty
+        if threads is not None:
+            torch.set_num_threads(threads)  # main() may run inside a larger program
 
-    stages = [stage[0] for stage in output.stages]  # first (only) video of the batch, [t_s, C, H, W]
-    out_fps = fps * config.scale ** (len(stages) - 1)
-    stem = _output_stem(args.out)
-    written = [
-        video.write_mp4(stages[-1], stem.with_name(stem.name + ".mp4"), fps=out_fps),
-        video.write_gif(stages[-1], stem.with_name(stem.name + ".gif"), fps=out_fps),
-    ]
-    sheet_path = stem.with_name(stem.name + "_sheet.png")
-    video.contact_sheet(stages, config.scale, sheet_path)
-    written.append(sheet_path)
-    if len(stages) > 1:
-        comparison = video.side_by_side(stages, config.scale)
-        written.append(video.write_mp4(comparison, stem.with_name(stem.name + "_compare.mp4"), fps=out_fps))
-        written.append(video.write_gif(comparison, stem.with_name(stem.name + "_compare.gif"), fps=out_fps))
 
-    elapsed = time.perf_counter() - start
-    counts = " -> ".join(str(len(stage)) for stage in stages)
-    height, width = stages[-1].shape[-2:]
-    print(
-        f"Generated {len(stages)} stage(s) with method {config.method}, scale {config.scale}: "
-        f"frames per stage {counts} at {width}x{height} px; the last stage plays at {out_fps} fps."
-    )
-    for path in written:
-        print(f"Wrote {path}")
-    if untrained:
-        print("(Untrained tiny model: the frames are noise-like by design.)")
-    print(f"Done in {elapsed:.1f} s.")
-    return 0
+def _decode(image: Path) -> None:
+    """A single run decodes its image before the model loads (a batch leaves that to each job,
+    so one bad picture does not stop the others)."""
+    from PIL import Image
+
+    try:
+        with Image.open(image) as picture:
+            picture.load()
+    except (OSError, ValueError) as error:
+        raise JobError("image", str(image), "an image file PIL can read", note=batch._root_message(error)) from None
+
+
+def _model_line(model: Optional[str], pipe, device, dtype) -> str:
+    name = model or "the embedded tiny SVD-style model trained on ZeroSmooth's procedural world"
+    return f"Model: {name} ({type(pipe).__name__}) on {device}, {str(dtype).replace('torch.', '')}"
+
+
+def _single(args, job: Job, spec: ModelSpec, location: str, device, dtype, start: float) -> int:
+    if args.model is None:
+        _say("No --model given: using the embedded model (pass --model <diffusers folder or hub id> for your own).")
+    _say("Loading the model")
+    pipe = _load_pipeline(args.model, location, device, dtype)
+    _say(_model_line(args.model, pipe, device, dtype))
+    result = batch.run_job(pipe, job, spec, overwrite=True, progress_bar=sys.stderr.isatty() and not args.no_progress, announce=_say)
+    _write_report(args.report, [result])
+    if result.status == "failed":
+        if args.verbose:
+            print(result.detail, file=sys.stderr, end="")
+        print(f"zerosmooth generate: error: the job failed: {result.message}", file=sys.stderr)
+        return EXIT_FAILED
+    counts = " -> ".join(map(str, result.frames))
+    height, width = result.size
+    _say(f"Generated {len(result.frames)} stage(s) with method {job.method}, scale {job.scale}: frames per stage "
+         f"{counts} at {width}x{height} px; the last stage plays at {result.fps:g} fps.")
+    for path in result.outputs:
+        _say(f"Wrote {path}")
+    _say(f"Done in {time.perf_counter() - start:.1f} s.")
+    if result.status == "rescued":
+        folder = Path(result.outputs[0]).parent
+        print(f"warning: {result.message}; the outputs were saved in {folder} instead", file=sys.stderr)
+        return EXIT_RESCUED
+    return EXIT_DONE
+
+
+def _batch(args, jobs: list[Job], spec: ModelSpec, location: str, device, dtype) -> int:
+    team = batch.Team.current(cpu=device.type == "cpu")
+    if team.device is not None and args.device in ("auto", "cuda"):
+        device = team.device
+    if team.rank == 0:
+        _say(f"Loading the model; {len(jobs)} job(s) from {args.batch} in {team.size} process(es)")
+    pipe = _load_pipeline(args.model, location, device, dtype)
+    if team.rank == 0:
+        _say(_model_line(args.model, pipe, device, dtype))
+    results = batch.run_jobs(pipe, jobs, overwrite=args.overwrite, progress=not args.no_progress)
+    if team.rank != 0:
+        return _batch_status(results)
+    _write_report(args.report, results)
+    _say(batch.format_summary(results))
+    if args.verbose:
+        for result in results:
+            if result.detail:
+                print(f"line {result.line}:\n{result.detail}", file=sys.stderr, end="")
+    return _batch_status(results)
+
+
+def _batch_status(results: Sequence[JobResult]) -> int:
+    statuses = {result.status for result in results}
+    if "failed" in statuses:
+        return EXIT_FAILED
+    return EXIT_RESCUED if "rescued" in statuses else EXIT_DONE
+
+
+def _write_report(path: Optional[Path], results: Sequence[JobResult]) -> None:
+    if path is None:
+        return
+    import dataclasses
+
+    from . import video
+
+    with video.atomic_path(path) as temporary:
+        temporary.write_text(json.dumps([dataclasses.asdict(result) for result in results], indent=1) + "\n")
