@@ -654,8 +654,11 @@ def pipeline_arguments(pipe, job: Job, spec: ModelSpec) -> tuple[dict, int, str]
     fps = spec.playback_fps(job, pipe)
     if spec.takes == "image":
         if job.image is not None:
-            with Image.open(job.image) as image:
-                kwargs["image"] = image.convert("RGB")
+            try:
+                with Image.open(job.image) as image:
+                    kwargs["image"] = image.convert("RGB")
+            except Exception as error:  # noqa: BLE001 - PIL raises OSError, struct.error, …
+                raise OSError(f"image {str(job.image)!r} cannot be decoded ({_root_message(error)})") from None
             source = f"image {job.image}"
         else:
             kwargs["image"] = _world_frame((height, width), job.seed)
