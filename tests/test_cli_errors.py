@@ -98,6 +98,8 @@ CASES = [
     ("out-under-a-file", ["--model", "{svd}", "--out", "{root}/notes.txt/clip"],
      "--out must be a path under a folder, got '{root}/notes.txt/clip'; {root}/notes.txt is a file, not a folder"),
     ("out-name-too-long", ["--model", "{svd}", "--out", "x" * 250], "is longer than 255 bytes"),
+    ("out-folder-name-too-long", ["--model", "{svd}", "--out", "y" * 300 + "/clip"],
+     "--out must be a path in a writable folder, got '" + "y" * 300 + "/clip'; OSError: [Errno 36] File name too long"),
     ("overwrite-without-batch", ["--overwrite"], "--overwrite applies with --batch only"),
     ("report-folder", ["--report", "{root}/a_folder"], "--report must be a file name, got '{root}/a_folder', which is a folder"),
     ("batch-missing", ["--batch", "jobs.jsonl"], "--batch must be a jobs file (one JSON object per line), got 'jobs.jsonl', "

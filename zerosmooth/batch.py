@@ -368,7 +368,7 @@ def _check_image(value: Path) -> Path:
         with Image.open(path) as image:
             image.size  # the header is read; decoding the pixels is the job's work
     except (UnidentifiedImageError, OSError) as error:
-        raise JobError("image", str(value), "an image file PIL can read", note=_root_message(error)) from None
+        raise JobError("image", str(value), "an image file PIL can read", note=root_message(error)) from None
     return path
 
 
@@ -564,24 +564,24 @@ def _name_max(folder: Path) -> int:
 
 
 def _make_folder(folder: Path, job: Job) -> list[Path]:
-    missing = []
-    existing = folder
-    while not existing.exists():
-        missing.append(existing)
-        existing = existing.parent
-    if not existing.is_dir():
-        raise JobError("out", str(job.stem), "a path under a folder", note=f"{existing} is a file, not a folder")
-    created = []
+    created: list[Path] = []
     try:
+        missing = []
+        existing = folder
+        while not existing.exists():
+            missing.append(existing)
+            existing = existing.parent
+        if not existing.is_dir():
+            raise JobError("out", str(job.stem), "a path under a folder", note=f"{existing} is a file, not a folder")
         for path in reversed(missing):
-            path.mkdir()
+            path.mkdir(exist_ok=True)  # the other processes of a launch make the same folders
             created.append(path)
         probe = folder / f".zs-probe-{os.getpid()}"
         probe.touch()
         probe.unlink()
     except OSError as error:
         remove_empty_folders(created)
-        raise JobError("out", str(job.stem), "a path in a writable folder", note=_root_message(error)) from None
+        raise JobError("out", str(job.stem), "a path in a writable folder", note=root_message(error)) from None
     return created
 
 
@@ -614,7 +614,7 @@ class JobResult:
     detail: str = ""
 
 
-def _root_message(error: BaseException) -> str:
+def root_message(error: BaseException) -> str:
     """The innermost cause of ``error`` as ``Type: message`` (one line). Libraries wrap errors
     and refer to "the stacktrace above", which the user is not shown."""
     while error.__cause__ is not None or (error.__context__ is not None and not error.__suppress_context__):
@@ -658,7 +658,7 @@ def pipeline_arguments(pipe, job: Job, spec: ModelSpec) -> tuple[dict, int, str]
                 with Image.open(job.image) as image:
                     kwargs["image"] = image.convert("RGB")
             except Exception as error:  # noqa: BLE001 - PIL raises OSError, struct.error, …
-                raise OSError(f"image {str(job.image)!r} cannot be decoded ({_root_message(error)})") from None
+                raise OSError(f"image {str(job.image)!r} cannot be decoded ({root_message(error)})") from None
             source = f"image {job.image}"
         else:
             kwargs["image"] = _world_frame((height, width), job.seed)
@@ -757,7 +757,7 @@ def write_outputs(job: Job, stages: list, fps: int) -> tuple[list[Path], str]:
         return _write_set(job, stages, fps, job.stem), ""
     except Exception as error:  # noqa: BLE001 - any failure to write gets the rescue attempt
         failure = error
-    reason = f"could not write {job.stem}.*: {_root_message(failure)}"
+    reason = f"could not write {job.stem}.*: {root_message(failure)}"
     for write_all in (True, False):
         for parent in rescue_folders():
             try:
@@ -797,7 +797,7 @@ def run_job(pipe, job: Job, spec: Optional[ModelSpec] = None, *, overwrite: bool
             announce("Writing the outputs")
         written, rescued = write_outputs(job, stages, fps)
     except Exception as error:  # noqa: BLE001 - failure isolation: the error is the job's result
-        return result("failed", [], _root_message(error), traceback.format_exc())
+        return result("failed", [], root_message(error), traceback.format_exc())
     if rescued:
         return result("rescued", written, rescued, stages=stages, fps=fps)
     return result("done", written, stages=stages, fps=fps)

@@ -85,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "available; under a multi-process launch each process takes its own GPU)")
     gen.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
                      help="model dtype (default: float16 on CUDA, float32 otherwise)")
-    gen.add_argument("--threads", type=int, help="CPU intra-op threads per process (default: torch's own; with "
-                     "--batch 1, so a job's frames do not depend on how many processes share the machine)")
+    gen.add_argument("--threads", type=int, help="CPU intra-op threads per process (default: torch's own; 1 with "
+                     "--batch, so a job's frames do not depend on how many processes share the machine, and 1 for "
+                     "the embedded model, whose ops are too small to gain from threads)")
     gen.add_argument("--batch", type=Path, metavar="JOBS.jsonl",
                      help="run one job per line: a JSON object of this command's options by their long names "
                      "(image or prompt, seed, out, frames, scale, stages, …); the options given here are every "
@@ -212,7 +213,7 @@ def _hub_configs(repo_id: str) -> Path:
         if kind in ("RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError"):
             why = f"the hub has no model {repo_id!r} you can access ({kind})"
         else:
-            why = f"the hub could not be reached or has no copy cached ({batch._root_message(error)})"
+            why = f"the hub could not be reached or has no copy cached ({batch.root_message(error)})"
         raise UsageError(
             f"--model {repo_id!r} is not a local folder, and {why}. Pass a diffusers pipeline folder, or a hub id "
             "where the network allows."
@@ -315,7 +316,7 @@ def _load_pipeline(model: Optional[str], location: str, device, dtype):
 
         return DiffusionPipeline.from_pretrained(location, dtype=dtype).to(device)
     except Exception as error:  # noqa: BLE001 - from_pretrained fails in many ways (files, memory, versions)
-        raise _Failure(f"--model {model or location!r} could not be loaded: {batch._root_message(error)}") from error
+        raise _Failure(f"--model {model or location!r} could not be loaded: {batch.root_message(error)}") from error
 
 
 class _Failure(Exception):
@@ -339,24 +340,26 @@ def _generate(args: argparse.Namespace) -> int:
     else:
         with _as_usage():
             batch.check_sizes(template, spec)
-        with _as_usage(lambda error: error.option):
+        with _as_usage():
             try:
                 jobs = batch.read_jobs(args.batch, values, spec, default_stem=template.stem)
             except (OSError, UnicodeDecodeError) as error:
-                raise UsageError(f"--batch {str(args.batch)!r} is unreadable: {batch._root_message(error)}") from None
-    rank = _rank_from_environment()
-    for line in _describe_warnings(jobs, single=args.batch is None):
-        if rank == 0:
-            print(line, file=sys.stderr)
+                raise UsageError(f"--batch {str(args.batch)!r} is unreadable: {batch.root_message(error)}") from None
     with _as_usage(lambda error: f"--{error.option}" if not error.line else f"line {error.line}: {error.option}"):
         created = batch.prepare_outputs(jobs)
     threads = None
     try:
         device, dtype = _resolve_device(args)
+        if _rank_from_environment() == 0:
+            for line in _describe_warnings(jobs, single=args.batch is None):
+                print(line, file=sys.stderr)
         import torch
 
         threads = torch.get_num_threads()
-        if args.threads is not None or args.batch is not None:
+        # One thread unless asked: a batch's frames must not depend on how many processes share the
+        # machine; the embedded model's ops are too small to gain from threads and slow down a lot
+        # when the cores are busy (3x with 2 threads on a loaded 2-core machine).
+        if args.threads is not None or args.batch is not None or args.model is None:
             torch.set_num_threads(args.threads or 1)
         with _third_party_output(args.verbose, sys.stderr.isatty()):
             if args.batch is None:
@@ -384,7 +387,7 @@ def _decode(image: Path) -> None:
         with Image.open(image) as picture:
             picture.load()
     except (OSError, ValueError) as error:
-        raise JobError("image", str(image), "an image file PIL can read", note=batch._root_message(error)) from None
+        raise JobError("image", str(image), "an image file PIL can read", note=batch.root_message(error)) from None
 
 
 def _model_line(model: Optional[str], pipe, device, dtype) -> str:
