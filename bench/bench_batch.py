@@ -55,7 +55,8 @@ def test_jobs_per_minute_one_and_two_processes(svd_dir, tmp_path, capsys):
     one = _launch([sys.executable], svd_dir, tmp_path / "one")
     two = _launch([torchrun, "--nproc_per_node", "2"], svd_dir, tmp_path / "two")
     assert (one["processes"], two["processes"]) == (1, 2)
-    lines = ["", f"batch throughput, {JOBS} jobs of the tiny SVD (32x32 px, 4 -> 8 frames, 4 steps), 1 thread per process",
+    title = f"batch throughput, {JOBS} jobs of the tiny SVD (32x32 px, 4 -> 8 frames, 4 steps), 1 thread per process"
+    lines = ["", title,
              f"{'launch':26} {'wall s':>7} {'jobs/min (wall)':>16} {'jobs/min (loaded)':>18}"]
     for name, run in (("1 process", one), ("torchrun, 2 processes", two)):
         lines.append(f"{name:26} {run['wall']:7.1f} {60 * JOBS / run['wall']:16.1f} {60 * JOBS / run['busiest']:18.1f}")

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import imageio.v2 as imageio
+import torch
+from PIL import Image
 
 # Small enough for a few seconds per run: 32x32 px, 4 base frames, 2 steps.
 TINY_ARGS = ["--height", "32", "--width", "32", "--frames", "4", "--steps", "2", "--no-progress"]
@@ -31,6 +33,21 @@ def saved_pipeline(kind: str, tmp_path_factory) -> Path:
         builders[kind]().save_pretrained(path)
         _saved[kind] = path
     return _saved[kind]
+
+
+def picture(path: Path, seed: int, size: tuple[int, int] = (32, 32)) -> Path:
+    """A random RGB picture of ``size = (height, width)`` saved at ``path``."""
+    pixels = torch.Generator().manual_seed(seed)
+    Image.fromarray((torch.rand(*size, 3, generator=pixels) * 255).to(torch.uint8).numpy()).save(path)
+    return path
+
+
+def truncated_picture(path: Path) -> Path:
+    """A PNG cut off in its pixel data, like a partial download: PIL opens it, then fails to decode."""
+    picture(path, 9, (64, 64))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
 
 
 def mp4_frames(path: Path) -> list:

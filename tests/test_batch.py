@@ -11,9 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from cli_support import TINY_ARGS, mp4_frames, saved_pipeline, tree
-from PIL import Image
+from cli_support import TINY_ARGS, mp4_frames, picture, saved_pipeline, tree, truncated_picture
 
 from zerosmooth import batch, cli
 
@@ -32,30 +30,16 @@ def svd_spec(svd_dir):
     return batch.ModelSpec.from_directory(svd_dir)
 
 
-def _picture(path: Path, seed: int) -> Path:
-    pixels = torch.Generator().manual_seed(seed)
-    Image.fromarray((torch.rand(32, 32, 3, generator=pixels) * 255).to(torch.uint8).numpy()).save(path)
-    return path
-
-
-def _truncated(path: Path) -> Path:
-    """A picture cut off in its pixel data (a partial download): it opens, it does not decode."""
-    pixels = torch.Generator().manual_seed(9)
-    Image.fromarray((torch.rand(64, 64, 3, generator=pixels) * 255).to(torch.uint8).numpy()).save(path)
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    return path
-
-
 def _write_jobs(path: Path, jobs: list) -> Path:
     path.write_text("".join(json.dumps(job) + "\n" for job in jobs))
     return path
 
 
 def test_jobs_file_defaults_names_and_blank_lines(tmp_path, svd_spec):
-    image = _picture(tmp_path / "cat.png", 0)
+    image = picture(tmp_path / "cat.png", 0)
     jobs_file = tmp_path / "jobs.jsonl"
-    jobs_file.write_text(f'{{"image": "{image}", "seed": 7}}\n\n{{"seed": 8, "out": "{tmp_path}/x.gif", "frames": 4}}\n')
+    lines = [f'{{"image": "{image}", "seed": 7}}', "", f'{{"seed": 8, "out": "{tmp_path}/x.gif", "frames": 4}}']
+    jobs_file.write_text("\n".join(lines) + "\n")
     defaults = {"scale": 4, "frames": 2}
     jobs = batch.read_jobs(jobs_file, defaults, svd_spec, default_stem=tmp_path / "out" / "run")
     assert [job.line for job in jobs] == [1, 3]
@@ -73,7 +57,8 @@ def test_every_bad_line_is_named_and_nothing_runs(tmp_path, svd_spec):
     assert error.value.problems == [
         (2, "not a JSON object (got list)"),
         (3, "scale must be an integer, got True"),
-        (4, "negative-prompt: StableVideoDiffusionPipeline is image-to-video and takes no prompt; drop negative-prompt"),
+        (4, "negative-prompt: StableVideoDiffusionPipeline is image-to-video and takes no prompt; "
+            "drop negative-prompt"),
         (5, "save-frames must be true or false, got 'yes'"),
     ]
     assert str(error.value).startswith(f"{jobs_file} has 4 bad lines (nothing was run):\n  line 2: ")
@@ -84,7 +69,8 @@ def test_summary_table():
         batch.JobResult(1, "done", ["o/a.mp4", "o/a.gif"], 2.04, process=0),
         batch.JobResult(2, "failed", [], 0.1, process=1, message="OSError: image 'b.png' cannot be decoded"),
         batch.JobResult(3, "skipped", ["o/c.mp4"], 0.0, process=1),
-        batch.JobResult(4, "rescued", ["./zerosmooth-rescued-d-1/d.mp4"], 3.0, process=0, message="could not write o/d.*"),
+        batch.JobResult(4, "rescued", ["./zerosmooth-rescued-d-1/d.mp4"], 3.0, process=0,
+                        message="could not write o/d.*"),
     ]
     assert batch.format_summary(results).splitlines() == [
         "job     status   seconds  process  output",
@@ -98,7 +84,7 @@ def test_summary_table():
 
 def test_one_process_batch_isolates_a_failure_and_resumes(svd_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    good, bad = _picture(tmp_path / "good.png", 1), _truncated(tmp_path / "bad.png")
+    good, bad = picture(tmp_path / "good.png", 1), truncated_picture(tmp_path / "bad.png")
     jobs_file = _write_jobs(tmp_path / "jobs.jsonl", [
         {"image": str(good), "seed": 1, "out": "o/a"},
         {"image": str(bad), "seed": 2, "out": "o/b"},
@@ -132,7 +118,7 @@ def test_one_process_batch_isolates_a_failure_and_resumes(svd_dir, tmp_path, cap
 def test_python_api_matches_the_single_run(svd_dir, tmp_path, capsys):
     from diffusers import DiffusionPipeline
 
-    image = _picture(tmp_path / "cat.png", 4)
+    image = picture(tmp_path / "cat.png", 4)
     cli_stem = tmp_path / "cli" / "cat"
     assert cli.main(["generate", "--model", str(svd_dir), "--image", str(image), "--seed", "5", "--out", str(cli_stem),
                      "--save-frames", "--threads", "1", *TINY_ARGS]) == 0
@@ -152,17 +138,19 @@ def test_python_api_matches_the_single_run(svd_dir, tmp_path, capsys):
         np.testing.assert_array_equal(from_api[stage], from_cli[stage])
     with pytest.raises(batch.JobsFileError, match=r"the job list has 1 bad job \(nothing was run\):\n  job 2: seed"):
         batch.run_jobs(pipe, [jobs[0], {"seed": -1}])
+    with pytest.raises(batch.JobsFileError, match=r"job 2: out '.*cat' is also job 1's output"):
+        batch.run_jobs(pipe, [jobs[0], jobs[0]])
 
 
 def test_two_cpu_processes_run_each_job_once_with_the_frames_of_a_single_run(svd_dir, tmp_path):
     """4 jobs and a bad one under torchrun with 2 processes: every job runs exactly once, the bad
     one is reported while the others finish, and each job's frames equal its own single-process
     run bit for bit."""
-    pictures = [_picture(tmp_path / f"in{index}.png", index) for index in range(3)]
+    pictures = [picture(tmp_path / f"in{index}.png", index) for index in range(3)]
     jobs = [
         {"image": str(pictures[0]), "seed": 11, "out": "batch/a"},
         {"image": str(pictures[1]), "seed": 12, "out": "batch/b", "scale": 3},
-        {"image": str(_truncated(tmp_path / "bad.png")), "seed": 13, "out": "batch/bad"},
+        {"image": str(truncated_picture(tmp_path / "bad.png")), "seed": 13, "out": "batch/bad"},
         {"seed": 14, "out": "batch/c", "stages": 3},
         {"image": str(pictures[2]), "seed": 15, "out": "batch/d", "method": "direct"},
     ]
@@ -175,7 +163,8 @@ def test_two_cpu_processes_run_each_job_once_with_the_frames_of_a_single_run(svd
     assert result.returncode != 0  # a job failed
     report = json.loads((tmp_path / "report.json").read_text())
     assert sorted(entry["line"] for entry in report) == [1, 2, 3, 4, 5]  # each job once
-    assert {entry["line"]: entry["status"] for entry in report} == {1: "done", 2: "done", 3: "failed", 4: "done", 5: "done"}
+    statuses = {entry["line"]: entry["status"] for entry in report}
+    assert statuses == {1: "done", 2: "done", 3: "failed", 4: "done", 5: "done"}
     assert sorted(entry["process"] for entry in report) == [0, 0, 0, 1, 1]
     assert "line 3  failed" in result.stdout and "cannot be decoded" in result.stdout
     progress = [line for line in result.stderr.splitlines() if line.startswith("jobs ")]

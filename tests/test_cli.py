@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_support import TINY_ARGS, imported_heavy_modules, mp4_fps, mp4_frames, run_command, saved_pipeline, tree
+from cli_support import (
+    TINY_ARGS, imported_heavy_modules, mp4_fps, mp4_frames, picture, run_command, saved_pipeline, tree,
+)
 from PIL import Image
 
 from zerosmooth import batch, cli, video
@@ -34,10 +36,7 @@ def text_to_video_dir(tmp_path_factory):
 
 @pytest.fixture
 def input_image(tmp_path):
-    path = tmp_path / "input.png"
-    pixels = torch.Generator().manual_seed(3)
-    Image.fromarray((torch.rand(40, 48, 3, generator=pixels) * 255).to(torch.uint8).numpy()).save(path)
-    return path
+    return picture(tmp_path / "input.png", 3, (40, 48))
 
 
 def _gif_milliseconds(path: Path) -> tuple[int, int]:
@@ -73,8 +72,8 @@ def _check_outputs(stem: Path, frames: int, size: int, rows: int, fps: float):
 
 def test_generate_image_to_video_in_process(svd_dir, input_image, tmp_path, capsys):
     stem = tmp_path / "out" / "svd"
-    status = cli.main(["generate", "--model", str(svd_dir), "--image", str(input_image), "--out", str(stem), *TINY_ARGS])
-    assert status == 0
+    args = ["generate", "--model", str(svd_dir), "--image", str(input_image), "--out", str(stem)]
+    assert cli.main([*args, *TINY_ARGS]) == 0
     _check_outputs(stem, frames=8, size=32, rows=2, fps=14)  # SVD's default 7 fps, doubled
     captured = capsys.readouterr()
     report = captured.out
@@ -146,7 +145,8 @@ def test_missing_embedded_weights_name_the_training_command(tmp_path, monkeypatc
     assert tree(tmp_path) == set()
 
 
-def test_spec_read_from_disk_agrees_with_the_loaded_pipeline_and_the_adapters(svd_dir, text_to_video_dir, tmp_path_factory):
+def test_spec_from_disk_agrees_with_the_loaded_pipeline_and_the_adapters(svd_dir, text_to_video_dir,
+                                                                           tmp_path_factory):
     from diffusers import DiffusionPipeline
 
     from zerosmooth.adapters import adapter_for, supported_pipelines
@@ -289,7 +289,9 @@ def test_evaluate_help_names_the_command(capsys):
     assert capsys.readouterr().out.startswith("usage: zerosmooth evaluate")
 
 
-@pytest.mark.parametrize("command, module", [("train-tiny", "zerosmooth.lab.train"), ("evaluate", "zerosmooth.lab.evaluate")])
+@pytest.mark.parametrize(
+    "command, module", [("train-tiny", "zerosmooth.lab.train"), ("evaluate", "zerosmooth.lab.evaluate")]
+)
 def test_delegated_commands_hand_over_their_arguments(command, module, monkeypatch):
     received = []
     monkeypatch.setattr(importlib.import_module(module), "main", lambda argv: received.append(argv) or 0)

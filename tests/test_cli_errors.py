@@ -5,20 +5,11 @@ accelerate (torch only where the case needs it: a CUDA device asked of a machine
 That is what makes them fail as fast as ``zerosmooth --help`` (``bench/bench_cli.py`` times both)."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from cli_support import imported_heavy_modules, run_command, saved_pipeline, tree
+from cli_support import imported_heavy_modules, run_command, saved_pipeline, tree, truncated_picture
 from PIL import Image
-
-
-def _truncated_png(path: Path) -> None:
-    """A PNG cut off in its image data, like a partial download: PIL opens it, then fails to decode."""
-    pixels = torch.Generator().manual_seed(0)
-    Image.fromarray((torch.rand(64, 64, 3, generator=pixels) * 255).to(torch.uint8).numpy()).save(path)
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +18,7 @@ def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("inputs")
     Image.new("RGB", (32, 32), (10, 200, 10)).save(root / "cat.png")
     (root / "notes.txt").write_text("not a picture")
-    _truncated_png(root / "broken.png")
+    truncated_picture(root / "broken.png")
     (root / "a_folder").mkdir()
     (root / "not_a_pipeline").mkdir()
     unsupported = root / "ddim"
@@ -64,7 +55,8 @@ CASES = [
     ("device-name", ["--device", "gpu"], "--device must be auto, cpu, cuda, cuda:N, mps or xpu, got 'gpu'"),
     ("image-missing", ["--image", "no/such/picture.png"],
      "--image must be an existing image file, got 'no/such/picture.png'; no such file"),
-    ("image-folder", ["--image", "{root}/a_folder"], "--image must be an image file, got '{root}/a_folder'; it is a folder"),
+    ("image-folder", ["--image", "{root}/a_folder"],
+     "--image must be an image file, got '{root}/a_folder'; it is a folder"),
     ("image-not-a-picture", ["--image", "{root}/notes.txt"],
      "--image must be an image file PIL can read, got '{root}/notes.txt'; UnidentifiedImageError"),
     ("image-broken-pixels", ["--model", "{svd}", "--image", "{root}/broken.png"],
@@ -74,9 +66,11 @@ CASES = [
     ("model-file", ["--model", "{root}/model.txt"], "--model must be a diffusers pipeline folder or a hub id, got"),
     ("model-not-an-id", ["--model", "not a model!"],
      "--model must be a diffusers pipeline folder or a hub id (owner/name), got 'not a model!'"),
-    ("model-unknown-hub-id", ["--model", "zzz/not-a-model"], "--model 'zzz/not-a-model' is not a local folder, and the hub"),
+    ("model-unknown-hub-id", ["--model", "zzz/not-a-model"],
+     "--model 'zzz/not-a-model' is not a local folder, and the hub"),
     ("model-not-a-pipeline", ["--model", "{root}/not_a_pipeline"],
-     "--model: {root}/not_a_pipeline is not a diffusers pipeline folder: {root}/not_a_pipeline/model_index.json is missing"),
+     "--model: {root}/not_a_pipeline is not a diffusers pipeline folder: "
+     "{root}/not_a_pipeline/model_index.json is missing"),
     ("model-unsupported", ["--model", "{root}/ddim", "--prompt", "a cat"],
      "--model: ZeroSmooth supports the diffusers pipelines StableVideoDiffusionPipeline, AnimateDiffPipeline, "
      "TextToVideoSDPipeline; {root}/ddim holds a DDIMPipeline"),
@@ -86,7 +80,8 @@ CASES = [
      "--negative-prompt: StableVideoDiffusionPipeline is image-to-video and takes no prompt; drop --negative-prompt"),
     ("image-for-t2v", ["--model", "{t2v}", "--image", "{root}/cat.png"],
      "--image: TextToVideoSDPipeline is text-to-video and takes a prompt, not an image; drop --image"),
-    ("t2v-without-prompt", ["--model", "{t2v}"], "--prompt is required for the text-to-video pipeline TextToVideoSDPipeline"),
+    ("t2v-without-prompt", ["--model", "{t2v}"],
+     "--prompt is required for the text-to-video pipeline TextToVideoSDPipeline"),
     ("height-34-width-46", ["--model", "{svd}", "--height", "34", "--width", "46"],
      "--height must be a multiple of 8 for StableVideoDiffusionPipeline, got 34; the pipeline wants multiples of 8, "
      "ZeroSmooth of the VAE factor 2 x the UNet downsampling 2; nearest: 32 or 40"),
@@ -101,8 +96,10 @@ CASES = [
     ("out-folder-name-too-long", ["--model", "{svd}", "--out", "y" * 300 + "/clip"],
      "--out must be a path in a writable folder, got '" + "y" * 300 + "/clip'; OSError: [Errno 36] File name too long"),
     ("overwrite-without-batch", ["--overwrite"], "--overwrite applies with --batch only"),
-    ("report-folder", ["--report", "{root}/a_folder"], "--report must be a file name, got '{root}/a_folder', which is a folder"),
-    ("batch-missing", ["--batch", "jobs.jsonl"], "--batch must be a jobs file (one JSON object per line), got 'jobs.jsonl', "
+    ("report-folder", ["--report", "{root}/a_folder"],
+     "--report must be a file name, got '{root}/a_folder', which is a folder"),
+    ("batch-missing", ["--batch", "jobs.jsonl"],
+     "--batch must be a jobs file (one JSON object per line), got 'jobs.jsonl', "
      "which does not exist"),
     ("batch-bad-lines", ["--model", "{svd}", "--batch", "{root}/bad.jsonl"],
      "{root}/bad.jsonl has 3 bad lines (nothing was run):\n"
@@ -114,7 +111,8 @@ CASES = [
      "line 2: out 'same' is also line 1's output; give each job its own"),
     ("batch-size-in-a-line", ["--model", "{svd}", "--batch", "{root}/sizes.jsonl"],
      "line 2: height must be a multiple of 8 for StableVideoDiffusionPipeline, got 34"),
-    ("batch-empty", ["--model", "{svd}", "--batch", "{root}/empty.jsonl"], "{root}/empty.jsonl holds no jobs (every line is blank)"),
+    ("batch-empty", ["--model", "{svd}", "--batch", "{root}/empty.jsonl"],
+     "{root}/empty.jsonl holds no jobs (every line is blank)"),
     ("cuda-without-cuda", ["--model", "{svd}", "--device", "cuda"],
      "--device 'cuda': CUDA is not available on this machine (use --device cpu)"),
 ]

@@ -12,8 +12,8 @@ are (given the same torch thread count everywhere: it changes float rounding). A
 reported and the others go on; a job whose outputs all exist is skipped unless ``overwrite=True``,
 so an interrupted batch resumes where it stopped. Every job writes its files together: all of them
 are rendered to hidden temporary files first and renamed into place at the end, so a failed or
-interrupted job leaves no partial output; if the renaming fails, the files go to a rescue folder
-instead (see :func:`write_outputs`).
+interrupted job leaves no partial output; if they cannot be written where asked, they go to a
+rescue folder instead (see :func:`write_outputs`).
 
 ``zerosmooth generate`` is a batch of one job, and ``zerosmooth generate --batch JOBS.jsonl`` one
 job per line. This module imports only the standard library at import time: the command line
@@ -138,16 +138,17 @@ class JobError(ValueError):
 def _check_type(option: Option, value: Any) -> Any:
     """``value`` as ``option.kind``; JSON gives ints, floats, strings and booleans as such."""
     kind = option.kind
+    at_least = f" >= {option.minimum}" if option.minimum is not None else ""
     if kind is bool:
         if not isinstance(value, bool):
             raise JobError(option.name, value, "true or false")
         return value
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise JobError(option.name, value, "an integer" + (f" >= {option.minimum}" if option.minimum is not None else ""))
+            raise JobError(option.name, value, "an integer" + at_least)
     elif kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise JobError(option.name, value, "a finite number" + (f" >= {option.minimum}" if option.minimum is not None else ""))
+            raise JobError(option.name, value, "a finite number" + at_least)
         value = float(value)
     elif not isinstance(value, (str, Path)):
         raise JobError(option.name, value, "a string")
@@ -239,7 +240,9 @@ class ModelSpec:
         unet = _read_json(path / "unet" / "config.json", f"{name} is an incomplete {pipeline}")
         vae = _read_json(path / "vae" / "config.json", f"{name} is an incomplete {pipeline}")
         training_file = path / "zerosmooth_training.json"
-        training = _read_json(training_file, f"{name} has a broken training record") if training_file.is_file() else None
+        training = None
+        if training_file.is_file():
+            training = _read_json(training_file, f"{name} has a broken training record")
         return cls.from_configs(name, pipeline, unet, vae, training)
 
     @classmethod
@@ -339,7 +342,8 @@ def output_stem(out: Union[str, Path]) -> Path:
     if text.endswith(("/", os.sep)) or _is_dir(path):
         return path / DEFAULT_STEM_NAME
     if path.name.lower() in OUTPUT_SUFFIXES:
-        raise JobError("out", text, "a file stem or a name ending in .mp4 or .gif", note="the name before the suffix is empty")
+        raise JobError("out", text, "a file stem or a name ending in .mp4 or .gif",
+                       note="the name before the suffix is empty")
     suffix = path.suffix.lower()
     if suffix in OUTPUT_SUFFIXES:
         return path.with_suffix("")
@@ -509,20 +513,28 @@ def read_jobs(path: Union[str, Path], defaults: dict, spec: Optional[ModelSpec],
             problems.append((number, f"not a JSON object (got {type(values).__name__})"))
             continue
         try:
-            jobs.append(make_job({**defaults, **values}, spec, line=number, default_stem=numbered_stem(default_stem, number)))
+            stem = numbered_stem(default_stem, number)
+            jobs.append(make_job({**defaults, **values}, spec, line=number, default_stem=stem))
         except JobError as error:
             problems.append((number, error.describe(error.option)))
     if not jobs and not problems:
         raise JobsFileError(str(path), [])
-    seen: dict[Path, int] = {}
-    for job in jobs:
-        key = job.stem.resolve()
-        if key in seen:
-            problems.append((job.line, f"out {str(job.stem)!r} is also line {seen[key]}'s output; give each job its own"))
-        seen.setdefault(key, job.line)
+    problems += _shared_outputs(jobs, "line")
     if problems:
         raise JobsFileError(str(path), sorted(problems))
     return jobs
+
+
+def _shared_outputs(jobs: Sequence[Job], unit: str) -> list[tuple[int, str]]:
+    """A problem for every job that would write another job's files."""
+    problems, seen = [], {}
+    for job in jobs:
+        key = job.stem.resolve()
+        if key in seen:
+            message = f"out {str(job.stem)!r} is also {unit} {seen[key]}'s output; give each job its own"
+            problems.append((job.line, message))
+        seen.setdefault(key, job.line)
+    return problems
 
 
 def prepare_outputs(jobs: Sequence[Job]) -> list[Path]:
@@ -646,7 +658,10 @@ def pipeline_arguments(pipe, job: Job, spec: ModelSpec) -> tuple[dict, int, str]
     # The size is always passed: SVD's own default (576x1024) is not the model's, unet sample_size x VAE factor is.
     height, width = job.height or spec.default_size[0], job.width or spec.default_size[1]
     kwargs: dict[str, Any] = {
-        "generator": torch.Generator("cpu").manual_seed(job.seed), "output_type": "pt", "height": height, "width": width,
+        "generator": torch.Generator("cpu").manual_seed(job.seed),
+        "output_type": "pt",
+        "height": height,
+        "width": width,
     }
     for name, key in (("frames", "num_frames"), ("steps", "num_inference_steps")):
         if getattr(job, name) is not None:
@@ -785,7 +800,8 @@ def run_job(pipe, job: Job, spec: Optional[ModelSpec] = None, *, overwrite: bool
         return JobResult(
             line=job.line, status=status, outputs=[str(path) for path in outputs],
             seconds=round(time.perf_counter() - start, 3), process=process, frames=[len(stage) for stage in stages],
-            size=list(stages[-1].shape[-2:]) if stages else [], fps=fps * job.scale ** (len(stages) - 1) if stages else 0,
+            size=list(stages[-1].shape[-2:]) if stages else [],
+            fps=fps * job.scale ** (len(stages) - 1) if stages else 0,
             message=message, detail=detail,
         )
 
@@ -894,7 +910,7 @@ class _Board:
             self.store = server or dist.TCPStore(host, port, is_master=False)
             self.store.set(f"share/{team.rank}", str(mine))
             self.posted = 0
-            if team.rank == 0:
+            if team.rank == 0 and show:
                 self.shares = [int(self.store.get(f"share/{rank}")) for rank in range(team.size)]
                 self.thread = threading.Thread(target=self._poll, args=(host, port), daemon=True)
                 self.thread.start()
@@ -984,8 +1000,9 @@ def run_jobs(pipe, jobs: Sequence[Union[Job, dict]], *, overwrite: bool = False,
             checked.append(job)
         except JobError as error:
             problems.append((number, error.describe(error.option)))
+    problems += _shared_outputs(checked, "job")
     if problems:
-        raise JobsFileError("the job list", problems, unit="job")
+        raise JobsFileError("the job list", sorted(problems), unit="job")
     team = Team.current(cpu=torch.device(pipe.device).type == "cpu")
     mine = team.share(checked)
     board = _Board(team, len(checked), len(mine), progress, stream)
@@ -1016,6 +1033,7 @@ def format_summary(results: Sequence[JobResult]) -> str:
     lines = []
     for row in [header, *rows]:
         lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
-    counts = {status: sum(result.status == status for result in results) for status in ("done", "skipped", "rescued", "failed")}
+    statuses = ("done", "skipped", "rescued", "failed")
+    counts = {status: sum(result.status == status for result in results) for status in statuses}
     lines.append(", ".join(f"{count} {status}" for status, count in counts.items() if count) or "no jobs")
     return "\n".join(line.rstrip() for line in lines)

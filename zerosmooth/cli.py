@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "(image or prompt, seed, out, frames, scale, stages, …); the options given here are every "
                      "job's defaults; a job without out writes OUT_jobLINE.*")
     gen.add_argument("--overwrite", action="store_true",
-                     help="with --batch: redo jobs whose outputs exist (by default they are skipped, so a rerun resumes)")
+                     help="with --batch: redo jobs whose outputs exist (by default they are skipped, so a rerun "
+                     "resumes)")
     gen.add_argument("--report", type=Path, metavar="FILE.json",
                      help="also write every job's result (line, status, outputs, seconds, process, error) as JSON")
     gen.add_argument("--verbose", action="store_true",
@@ -169,7 +170,9 @@ def _check_run_settings(args: argparse.Namespace) -> None:
             raise UsageError("--overwrite applies with --batch only (a single run always replaces its outputs)")
     elif not args.batch.is_file():
         problem = "is a folder" if args.batch.is_dir() else "does not exist"
-        raise UsageError(f"--batch must be a jobs file (one JSON object per line), got {str(args.batch)!r}, which {problem}")
+        raise UsageError(
+            f"--batch must be a jobs file (one JSON object per line), got {str(args.batch)!r}, which {problem}"
+        )
     if args.report is not None:
         if args.report.is_dir():
             raise UsageError(f"--report must be a file name, got {str(args.report)!r}, which is a folder")
@@ -401,7 +404,8 @@ def _single(args, job: Job, spec: ModelSpec, location: str, device, dtype, start
     _say("Loading the model")
     pipe = _load_pipeline(args.model, location, device, dtype)
     _say(_model_line(args.model, pipe, device, dtype))
-    result = batch.run_job(pipe, job, spec, overwrite=True, progress_bar=sys.stderr.isatty() and not args.no_progress, announce=_say)
+    bar = sys.stderr.isatty() and not args.no_progress
+    result = batch.run_job(pipe, job, spec, overwrite=True, progress_bar=bar, announce=_say)
     _write_report(args.report, [result])
     if result.status == "failed":
         if args.verbose:

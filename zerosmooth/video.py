@@ -21,7 +21,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["to_uint8", "write_mp4", "write_gif", "gif_timing", "contact_sheet", "side_by_side", "write_npz", "temporary_path", "atomic_path"]
+__all__ = [
+    "to_uint8", "write_mp4", "write_gif", "gif_timing", "contact_sheet", "side_by_side", "write_npz",
+    "temporary_path", "atomic_path",
+]
 
 Frames = Union[torch.Tensor, np.ndarray, Sequence[Image.Image]]
 
