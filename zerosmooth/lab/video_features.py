@@ -317,7 +317,10 @@ def _corrupt(kind: str, clip: Clip, background: np.ndarray | None, rng: np.rando
             n = int(rng.integers(3, min(8, t) + 1))
             s = int(rng.integers(0, t - n + 1))
             order = np.arange(t)
-            window = np.roll(order[s : s + n], int(rng.integers(1, n))) if rng.random() < 0.5 else rng.permutation(order[s : s + n])
+            if rng.random() < 0.5:  # rotated: one frame moved to the other end of the window
+                window = np.roll(order[s : s + n], int(rng.integers(1, n)))
+            else:
+                window = rng.permutation(order[s : s + n])
             if (window == order[s : s + n]).all():
                 window = window[::-1].copy()
             order[s : s + n] = window
@@ -365,7 +368,9 @@ def _corrupt(kind: str, clip: Clip, background: np.ndarray | None, rng: np.rando
         if rng.random() < 0.5:
             positions[:, k] += rng.normal(0, rng.uniform(0.7, 2.0), size=(t, 2))
         else:  # teleports at ``start``
-            positions[start:, k] += rng.uniform(8, 20) * np.array([math.cos(a := rng.uniform(0, 2 * np.pi)), math.sin(a)])
+            distance = rng.uniform(8, 20)
+            angle = rng.uniform(0, 2 * np.pi)
+            positions[start:, k] += distance * np.array([math.cos(angle), math.sin(angle)])
         r = float(clip.radii[k])
         positions[:, k] = np.clip(positions[:, k], r, frames.shape[-1] - r)
     else:
@@ -498,7 +503,7 @@ def train(out: Path, steps: int, batch_frames: int, seed: int, lr: float, log_ev
         opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps))
     )
     history: dict[str, list[float]] = {}
-    start = time.time()
+    start, cpu_start = time.time(), time.process_time()
     for i in range(steps):
         frames = int(rng.integers(MIN_FRAMES, MAX_TRAIN_FRAMES + 1))
         clips, y = make_batch(rng, min(32, max(8, batch_frames // frames)), frames)
@@ -515,7 +520,7 @@ def train(out: Path, steps: int, batch_frames: int, seed: int, lr: float, log_ev
         if (i + 1) % log_every == 0 or i + 1 == steps:
             recent = {k: np.mean(v[-log_every:]) for k, v in history.items()}
             print(f"step {i + 1}/{steps} {time.time() - start:.0f}s " + " ".join(f"{k} {v:.3f}" for k, v in recent.items()), flush=True)
-    seconds = time.time() - start
+    seconds, cpu_seconds = time.time() - start, time.process_time() - cpu_start
     model.eval().requires_grad_(False)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / WEIGHTS.name))
@@ -530,6 +535,7 @@ def train(out: Path, steps: int, batch_frames: int, seed: int, lr: float, log_ev
         },
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_seconds": round(seconds, 1),
+        "train_cpu_seconds": round(cpu_seconds, 1),  # wall time also counts waiting on a busy machine
         f"final_losses_mean_last_{tail}_steps": {k: round(float(np.mean(v[-tail:])), 4) for k, v in history.items()},
         "held_out_check": check(model),
     }
