@@ -21,16 +21,22 @@ def encoder(one_thread):
 @pytest.mark.parametrize("stride", [4, 1], ids=["7fps", "28fps"])
 def test_separates_real_from_shuffled_and_frozen_on_held_out_seeds(encoder, stride):
     """Two disjoint sets of held-out real clips are close; shuffling or freezing one set moves it
-    far away. Measured with the shipped weights (24 clips of 32 frames a side): FD real-vs-real
-    MEASURED; the bounds below leave a wide margin for platform round-off, not for a worse encoder."""
+    far away. Measured with the shipped weights (24 clips of 32 frames a side), FD real / shuffled /
+    frozen: 7 fps 21.8 / 210 / 205 (9.6×, 9.4×), 28 fps 22.5 / 301 / 145 (13.4×, 6.4×). The 4×
+    bound is the narrowest margin measured (6.4×) less room for round-off and retrained weights."""
     a = vf.held_out_clips(0, COUNT, stride, FRAMES)
     b = vf.held_out_clips(10_000, COUNT, stride, FRAMES)
     fa = vf.video_features(a, encoder)
     real = frechet_distance(vf.video_features(b, encoder), fa)
     shuffled = frechet_distance(vf.video_features(vf.shuffled(b), encoder), fa)
     frozen = frechet_distance(vf.video_features(vf.frozen(b), encoder), fa)
-    assert shuffled > 5 * real and frozen > 5 * real, (real, shuffled, frozen)
-    assert vf.learned_fd(b, a, encoder) == pytest.approx(real)
+    assert shuffled > 4 * real and frozen > 4 * real, (real, shuffled, frozen)
+
+
+def test_learned_fd_is_the_frechet_distance_of_the_features(encoder):
+    a, b = vf.held_out_clips(0, 3, 2, 8), vf.held_out_clips(50, 3, 2, 8)
+    expected = frechet_distance(vf.video_features(b, encoder), vf.video_features(a, encoder))
+    assert vf.learned_fd(b, a, encoder) == pytest.approx(expected) and expected > 0
 
 
 def test_deterministic_and_batch_independent(encoder):
