@@ -63,7 +63,8 @@ summed with weight 1, each masked to the clips and colours where its target is d
 The shipped weights (``video_features.safetensors``, record in ``video_features.json`` with the
 settings, final losses and held-out separation) were trained on CPU with one thread by::
 
-    python -m zerosmooth.lab.video_features --train --out zerosmooth/lab --steps 1000 --batch-frames 768 --seed 0 --lr 2e-3
+    python -m zerosmooth.lab.video_features --train --out zerosmooth/lab \
+        --steps 1000 --batch-frames 768 --seed 0 --lr 2e-3
 
 760 s of CPU time (23 min wall on a 2-core box shared with other jobs). Training is deterministic
 in ``--seed`` (numpy and torch generators seeded, one torch thread). Final losses (mean of the last
@@ -531,16 +532,19 @@ def train(out: Path, steps: int, batch_frames: int, seed: int, lr: float, log_ev
         history.setdefault("total", []).append(total.item())
         if (i + 1) % log_every == 0 or i + 1 == steps:
             recent = {k: np.mean(v[-log_every:]) for k, v in history.items()}
-            print(f"step {i + 1}/{steps} {time.time() - start:.0f}s " + " ".join(f"{k} {v:.3f}" for k, v in recent.items()), flush=True)
+            terms_text = " ".join(f"{k} {v:.3f}" for k, v in recent.items())
+            print(f"step {i + 1}/{steps} {time.time() - start:.0f}s {terms_text}", flush=True)
     seconds, cpu_seconds = time.time() - start, time.process_time() - cpu_start
     model.eval().requires_grad_(False)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / WEIGHTS.name))
     tail = min(100, steps)
     record = {
-        "command": f"python -m zerosmooth.lab.video_features --train --out {out} --steps {steps} --batch-frames {batch_frames} --seed {seed} --lr {lr}",
+        "command": f"python -m zerosmooth.lab.video_features --train --out {out} --steps {steps} "
+                   f"--batch-frames {batch_frames} --seed {seed} --lr {lr}",
         "settings": {
-            "steps": steps, "batch_frames": batch_frames, "clips_per_step": "batch_frames // T, clamped to 8..32", "seed": seed, "lr": lr, "weight_decay": 1e-4, "warmup_steps": warmup,
+            "steps": steps, "batch_frames": batch_frames, "clips_per_step": "batch_frames // T, clamped to 8..32",
+            "seed": seed, "lr": lr, "weight_decay": 1e-4, "warmup_steps": warmup,
             "schedule": "linear warm-up then cosine to 0", "grad_clip": 1.0, "torch_threads": 1,
             "frames": [MIN_FRAMES, MAX_TRAIN_FRAMES], "strides": list(STRIDES), "real_fraction": REAL_FRACTION,
             "corruptions": list(CORRUPTIONS), "embed_dim": EMBED_DIM, "torch": torch.__version__,
