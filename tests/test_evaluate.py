@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from zerosmooth.lab import evaluate, metrics
-from zerosmooth.lab.world import WorldConfig, render_clip
+from zerosmooth.lab.world import HELD_OUT_SEED_BASE, WorldConfig, render_clip
 
 
 def test_blend_and_repeat_keep_key_frames():
@@ -29,8 +29,8 @@ def test_psnr_ssim_identity_and_order():
 def test_positions_and_trajectory_on_real_clips():
     """On rendered ground truth the colour tracker finds unoccluded objects to ~half a pixel, and
     real motion is smooth; frame repetition is not."""
-    cfg = WorldConfig(min_objects=1, max_objects=1)
-    clip = render_clip(1_000_000_123, 32, cfg)
+    cfg = WorldConfig(size=32, min_objects=1, max_objects=1)
+    clip = render_clip(HELD_OUT_SEED_BASE + 123, 32, cfg)
     est = metrics.estimate_positions(clip.frames, clip.colors)
     assert (est - clip.positions).norm(dim=-1).max() < 0.6
     real = metrics.trajectory_metrics(est, 2)
@@ -42,24 +42,45 @@ def test_frechet_distance():
     a = torch.randn(50, 4)
     assert metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
     assert metrics.frechet_distance(a + 3, a) == pytest.approx(9 * 4 / a.std(0).pow(2).mean().item(), rel=0.2)
+    assert math.isnan(metrics.frechet_distance(torch.full((3, 4), float("nan")), a))
     with pytest.raises(ValueError):
         metrics.frechet_distance(a[:1], a)
 
 
 def test_evaluate_end_to_end(tmp_path):
+    """Every row kind at scales 1, 2 and 4 from one 3-stage run per configuration and seed."""
+    methods = "no_positions,repeat,blend,direct,latent_ddnm,paper,zerosmooth,exact_keys"
     rows = evaluate.evaluate(evaluate.parse_args([
-        "--model", "tiny", "--out", str(tmp_path), "--seeds", "2", "--scales", "2", "--steps", "1",
-        "--frames", "2", "--methods", "no_positions,repeat,blend,direct,zerosmooth", "--threads", "1",
+        "--model", "tiny", "--out", str(tmp_path), "--seeds", "2", "--steps", "1", "--frames", "4", "--size", "32",
+        "--methods", methods, "--threads", "1",
     ]))
-    names = [r["method"] for r in rows]
-    assert names == ["real", "repeat", "blend", "direct", "zerosmooth", "no_positions"]  # paper rows, then diagnostics
-    assert next(r for r in rows if r["method"] == "repeat")["ssim_key"] == pytest.approx(1.0)
-    assert not math.isnan(next(r for r in rows if r["method"] == "zerosmooth")["psnr_key"])
-    for name in ("table.csv", "per_seed.csv", "table.md", "plot.png", "strips_2x.png"):
+    names = [(r["scale"], r["method"]) for r in rows]
+    table_rows = ["real", "repeat", "blend", "direct", "latent_ddnm", "paper", "zerosmooth", "exact_keys",
+                  "no_positions"]
+    assert names == [(1, "real"), (1, "base")] + [(s, m) for s in (2, 4) for m in table_rows]
+    row = {(r["scale"], r["method"]): r for r in rows}
+    assert row[(2, "repeat")]["ssim_key"] == pytest.approx(1.0)
+    assert row[(2, "latent_ddnm")]["latent_key_err"] < row[(2, "direct")]["latent_key_err"]
+    assert not math.isnan(row[(4, "paper")]["psnr_key"]) and not math.isnan(row[(4, "paper")]["psnr_alone"])
+    assert row[(4, "paper")]["fd_learned"] >= 0  # 16-frame clips: the learned encoder applies
+    assert math.isnan(row[(1, "base")]["fd_learned"])  # 4 frames: below the encoder's minimum
+    for name in ("table.csv", "per_seed.csv", "table.md", "plot.png", "strips_2x.png", "strips_4x.png"):
         assert (tmp_path / name).is_file()
     assert "| 2× | zerosmooth |" in (tmp_path / "table.md").read_text()
-    with Image.open(tmp_path / "strips_2x.png") as strips:  # one 3×-enlarged row per name, real first
-        assert strips.size == (110 + 3 * 4 * 32, len(names) * (3 * (2 + 32) + 3))
+    with Image.open(tmp_path / "strips_2x.png") as strips:  # one 2×-enlarged row per table row, real first
+        assert strips.size == (110 + 2 * 8 * 32, 8 * (2 * (2 + 32) + 3))
+
+
+def test_front_sweeps_and_dominance(tmp_path):
+    rows = evaluate.evaluate(evaluate.parse_args([
+        "--model", "tiny", "--out", str(tmp_path), "--seeds", "2", "--steps", "1", "--frames", "4", "--size", "32",
+        "--scales", "2", "--methods", "direct,zerosmooth", "--front", "--threads", "1",
+    ]))
+    assert {r["method"] for r in rows} >= set(evaluate.FRONT_RUNS)
+    assert (tmp_path / "front.png").is_file() and (tmp_path / "front.csv").is_file()
+    assert "front dominates latent DDNM's" in (tmp_path / "front.md").read_text()
+    assert evaluate.dominates([(30, 10)], [(29, 12), (30, 10)])
+    assert not evaluate.dominates([(30, 10)], [(31, 20)])
 
 
 def test_diagnostics_are_opt_in():

@@ -201,6 +201,7 @@ class ModelSpec:
     trained_frames: Optional[int] = None  # SVD: unet num_frames
     max_positions: Optional[int] = None  # AnimateDiff: the motion module's position table
     trained_fps: Optional[int] = None  # the fps condition a ZeroSmooth-trained model used
+    default_steps: Optional[int] = None  # the denoising steps a ZeroSmooth-trained model's record recommends
 
     @classmethod
     def from_configs(cls, name: str, pipeline: str, unet: dict, vae: dict, training: Optional[dict] = None):
@@ -224,6 +225,7 @@ class ModelSpec:
             trained_frames=unet.get("num_frames") if takes == "image" else None,
             max_positions=unet.get("motion_max_seq_length"),
             trained_fps=(training or {}).get("fps_argument"),
+            default_steps=(training or {}).get("inference_steps"),
         )
 
     @classmethod
@@ -663,9 +665,11 @@ def pipeline_arguments(pipe, job: Job, spec: ModelSpec) -> tuple[dict, int, str]
         "height": height,
         "width": width,
     }
-    for name, key in (("frames", "num_frames"), ("steps", "num_inference_steps")):
-        if getattr(job, name) is not None:
-            kwargs[key] = getattr(job, name)
+    if job.frames is not None:
+        kwargs["num_frames"] = job.frames
+    steps = job.steps or spec.default_steps
+    if steps is not None:
+        kwargs["num_inference_steps"] = steps
     fps = spec.playback_fps(job, pipe)
     if spec.takes == "image":
         if job.image is not None:

@@ -287,18 +287,10 @@ def _third_party_output(verbose: bool, tty: bool) -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            from diffusers.utils import logging as diffusers_logging
-            from transformers.utils import logging as transformers_logging
+            from .demo import no_loading_bars
 
-            bars = [log.is_progress_bar_enabled() for log in (diffusers_logging, transformers_logging)]
-            for log in (diffusers_logging, transformers_logging):
-                log.disable_progress_bar()
-            try:
+            with no_loading_bars():
                 yield
-            finally:
-                for log, bar in zip((diffusers_logging, transformers_logging), bars):
-                    if bar:
-                        log.enable_progress_bar()
     finally:
         logging.disable(logging.NOTSET)
         if hub_bars:

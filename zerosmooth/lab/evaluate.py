@@ -1,34 +1,43 @@
-"""Evaluate ZeroSmooth, its baselines and its ablations on held-out seeds of the procedural world.
+"""Evaluate ZeroSmooth, its baselines, ablations and extensions on held-out seeds of the procedural world.
 
-    zerosmooth evaluate --out out/eval                       # the embedded model
-    zerosmooth evaluate --model tiny --seeds 2 --steps 2     # untrained tiny pipeline (smoke)
+    zerosmooth evaluate --out out/eval                          # the embedded model, the paper's table
+    zerosmooth evaluate --front --out out/front                 # + the consistency/quality front
+    zerosmooth evaluate --model tiny --seeds 2 --steps 2        # untrained tiny pipeline (smoke)
 
-For every held-out world seed, the first rendered frame is the conditioning image; each method makes
-an ``s``× video (``s`` = 2: scale 2, 2 stages; ``s`` = 4: scale 2, 3 stages) from the same noise, so
-all rows share one base video. Rows (the paper's Tables 1 and 3):
+For every held-out world seed the first rendered frame is the conditioning image, and every
+configuration runs ONE cascade of ``1 + log2(max scale)`` stages at scale 2 from the same noise:
+its stage 2 is the 2× video and its stage 3 the 4× video (a 2-stage run's stage 2 would only differ
+by its noise draw), so all rows of a seed share one base video. Rows:
 
-- ``repeat``: every base frame shown ``s`` times; ``blend``: linear blending of consecutive base
-  frames (the last one held). Both copy the base video's key frames, so their key-frame PSNR/SSIM are
-  perfect by construction; they are the floor for smoothness.
+- ``real``: the rendered ground truth at each frame rate; at scale 1, ``base`` is the base video
+  itself against real 1× clips (how good the model is before any frame-rate multiplication).
+- ``repeat`` / ``blend``: every base frame shown ``s`` times / linear blending of consecutive base
+  frames. They copy the base video's key frames, so their key-frame scores are perfect by
+  construction; they are the floor for smoothness.
 - ``direct``: the base model run at ``s·t0`` frames; ``latent_ddnm``: back-projection of the
   predicted clean latent onto the base video's latents after every step (SPEC §8).
-- ``zerosmooth`` and its ablations: ``spatial_only`` (``correct_temporal=False``),
-  ``temporal_only`` (``correct_spatial=False``), ``kv_sample`` (K/V corrected with ``sample``
-  instead of the boxes), ``no_blend`` (constant strength 1: corrected attention only).
+- ``paper``: ZeroSmooth as the paper specifies (attention correction only), and its ablations
+  ``spatial_only``, ``temporal_only``, ``kv_sample``, ``no_blend``; ``zerosmooth``: the library's
+  default configuration (see the README for how it was chosen).
+- ``exact_keys``: a ceiling — the ``paper`` row's long latents with their key-frame rows replaced by
+  the base video's latents, decoded: what perfect key latents give through the VAE decoder.
 
-Diagnostic rows (only when named in ``--methods``) take one piece away at a time:
-``no_correction`` (no back-projection anywhere; windows and interpolated positions kept),
-``no_positions`` (``interpolate_positions=False``), ``full_window`` (temporal attention over all
-frames), ``constant_strength`` (``w = w_max`` at every step), ``color`` (AdaIN colour correction on).
+Diagnostic rows (only when named in ``--methods``) take one piece away at a time: ``no_correction``,
+``no_positions``, ``full_window``, ``constant_strength``, ``color`` (on the paper's configuration),
+and ``key_guidance`` (the default with SVD's guidance at key positions, SPEC §10). ``--front`` adds sweeps of each
+method's strength/schedule (:data:`FRONT`) and plots key PSNR against the quality columns.
 
-Columns (see ``zerosmooth.lab.metrics``): key-frame PSNR/SSIM against the base video; ``interp_err``
-(px) of in-between frames from the straight motion between their key frames and ``accel``
-(px/frame²) from colour-tracked object centroids, plus ``lost`` (fraction of untracked objects);
-``fd_stats``: a Fréchet distance between 11 hand-crafted spatio-temporal statistics
-(``zerosmooth.lab.metrics.clip_features``) of generated clips and of the world's real rendered clips at the same
-frame rate — a proxy for FVD, not FVD (no I3D network offline). A ``real`` row gives the metrics of
-the rendered ground truth. Saves per-seed and aggregated CSV, a markdown table, a plot and, per scale, a sheet of the first
-seed's frames with one row per method (``strips_2x.png``, ``strips_4x.png``) into ``--out``.
+Columns (see :mod:`zerosmooth.lab.metrics`): key-frame PSNR/SSIM against the base video; ``interp
+err`` (px) of in-between frames from the straight motion between their key frames and ``accel``
+(px/frame²), both from colour-tracked object centroids, and ``lost`` (fraction of untracked
+objects); ``FD-stats``, a Fréchet distance between 11 hand-made statistics of generated and real
+clips at the same frame rate (a proxy, not FVD); ``FD-learned``, the same on a small video encoder
+trained on the world (:mod:`zerosmooth.lab.video_features`, an offline FVD analogue); ``latent key
+err``, the relative distance of the long video's key-frame latents from the base video's;
+``PSNR alone``, the key-frame PSNR when the long video's key latents are decoded on their own
+(differs from key PSNR only with a decoder that mixes frames). Outputs in ``--out``: per-seed and
+aggregated CSV, a markdown table, a bar plot, per scale a sheet of the first seed's frames with one
+row per method (``strips_2x.png``…), and with ``--front`` ``front.csv`` and ``front.png``.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -44,31 +54,68 @@ import torch
 from PIL import Image
 
 from zerosmooth.lab.metrics import clip_features, estimate_positions, frechet_distance, psnr, ssim, trajectory_metrics
-
-from zerosmooth.lab.world import HELD_OUT_SEED_BASE, WorldConfig, render_clip
+from zerosmooth.lab.world import HELD_OUT_SEED_BASE, RENDER_FPS, WorldConfig, render_clip
 
 # Row name -> ZeroSmoothConfig overrides (None: computed from the base video, no model run).
+PAPER = {"residual_strength": 0.0}
 METHODS: dict[str, dict | None] = {
     "repeat": None,
     "blend": None,
     "direct": {"method": "direct"},
     "latent_ddnm": {"method": "latent_ddnm"},
+    "paper": PAPER,
+    "spatial_only": {**PAPER, "correct_temporal": False},
+    "temporal_only": {**PAPER, "correct_spatial": False},
+    "kv_sample": {**PAPER, "kv_operator": "sample"},
+    "no_blend": {**PAPER, "strength": 1.0, "strength_schedule": "constant"},
     "zerosmooth": {},
-    "spatial_only": {"correct_temporal": False},
-    "temporal_only": {"correct_spatial": False},
-    "kv_sample": {"kv_operator": "sample"},
-    "no_blend": {"strength": 1.0, "strength_schedule": "constant"},
+    "exact_keys": None,
 }
 # Diagnostic rows, run only when named in --methods: which part of ZeroSmooth does the work.
 DIAGNOSTICS: dict[str, dict] = {
-    "no_correction": {"correct_spatial": False, "correct_temporal": False, "correct_cross": False},
-    "no_positions": {"interpolate_positions": False},
-    "full_window": {"temporal_windows": False},
-    "constant_strength": {"strength_schedule": "constant"},
-    "color": {"color_correction": True},
+    "no_correction": {**PAPER, "correct_spatial": False, "correct_temporal": False, "correct_cross": False},
+    "no_positions": {**PAPER, "interpolate_positions": False},
+    "full_window": {**PAPER, "temporal_windows": False},
+    "constant_strength": {**PAPER, "strength_schedule": "constant"},
+    "color": {**PAPER, "color_correction": True},
+    "key_guidance": {"key_guidance": True},
 }
-RUNS: dict[str, dict | None] = {**METHODS, **DIAGNOSTICS}
-COLUMNS = ("psnr_key", "ssim_key", "interp_err", "accel", "lost", "fd_stats")
+
+
+def _residual(strength: float, stop: float, sites=("resnets",)) -> dict:
+    return {"residual_strength": strength, "residual_schedule": "constant", "residual_window": (0.0, stop),
+            "residual_sites": tuple(sites)}
+
+
+# --front: each method family's knob swept; the family's points form its front.
+FRONT: dict[str, dict[str, dict]] = {
+    "latent_ddnm": {
+        "ddnm 0.25": {"method": "latent_ddnm", "ddnm_strength": 0.25},
+        "ddnm 0.5": {"method": "latent_ddnm", "ddnm_strength": 0.5},
+        "ddnm 1.0 early": {"method": "latent_ddnm", "ddnm_window": (0.0, 0.5)},
+        "ddnm 1.0": {"method": "latent_ddnm"},
+    },
+    "paper": {
+        "paper w 0.4": {**PAPER, "strength": 0.4},
+        "paper w 0.8": PAPER,
+        "paper w 1.0": {**PAPER, "strength": 1.0, "strength_schedule": "constant"},
+    },
+    "residual": {
+        "residual 0.5 first 25%": _residual(0.5, 0.25),
+        "residual 1.0 first 25%": _residual(1.0, 0.25),
+        "residual 1.0 first 50%": _residual(1.0, 0.5),
+        "residual 0.5 all": _residual(0.5, 1.0),
+        "residual 1.0 all": _residual(1.0, 1.0),
+        "residual+temporal 1.0 first 50%": _residual(1.0, 0.5, ("resnets", "temporal")),
+    },
+}
+FRONT_RUNS = {name: overrides for family in FRONT.values() for name, overrides in family.items()}
+RUNS: dict[str, dict | None] = {**METHODS, **DIAGNOSTICS, **FRONT_RUNS}
+COLUMNS = ("psnr_key", "ssim_key", "interp_err", "accel", "lost", "fd_stats", "fd_learned", "latent_key_err",
+           "psnr_alone")
+HEADERS = ("key PSNR ↑", "key SSIM ↑", "interp err px ↓", "accel px/f² ↓", "lost ↓", "FD-stats ↓",
+           "FD-learned ↓", "latent key err ↓", "PSNR alone ↑")
+PER_SEED = ("psnr_key", "ssim_key", "interp_err", "accel", "lost", "latent_key_err", "psnr_alone")
 
 
 def repeat_frames(base: torch.Tensor, factor: int) -> torch.Tensor:
@@ -97,119 +144,159 @@ def load_pipeline(model: str):
     else:
         from diffusers import StableVideoDiffusionPipeline
 
-        pipe = StableVideoDiffusionPipeline.from_pretrained(model, local_files_only=True)
+        pipe = StableVideoDiffusionPipeline.from_pretrained(model, local_files_only=True, low_cpu_mem_usage=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def generate(pipe, overrides: dict, factor: int, image: Image.Image, args, seed: int):
-    """Run one ZeroSmooth configuration; returns (long video, base video), each [T, 3, H, W]."""
+@torch.no_grad()
+def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
+    """Frames ``[T, 3, H, W]`` in [0, 1] of one video's latents ``[1, T, C, h, w]``, decoded as the
+    SVD pipeline decodes (every frame in one chunk)."""
+    frames = pipe.decode_latents(latents, latents.shape[1], latents.shape[1])
+    return pipe.video_processor.postprocess_video(video=frames, output_type="pt")[0].float().clamp(0, 1)
+
+
+def generate(pipe, overrides: dict, stages: int, image: Image.Image, args, seed: int) -> list[torch.Tensor]:
+    """Latents ``[1, t_s, C, h, w]`` of every stage of one ZeroSmooth run at scale 2."""
     from zerosmooth import ZeroSmooth, ZeroSmoothConfig
 
-    stages = 1 + int(round(math.log2(factor)))
     config = ZeroSmoothConfig(scale=2, stages=stages, **overrides)
     out = ZeroSmooth(pipe, config)(
-        progress_bar=False,
-        image=image,
-        height=args.size,
-        width=args.size,
-        num_frames=args.frames,
-        num_inference_steps=args.steps,
-        fps=args.fps,
-        generator=torch.Generator().manual_seed(seed),
-        output_type="pt",
+        progress_bar=False, image=image, height=args.size, width=args.size, num_frames=args.frames,
+        num_inference_steps=args.steps, fps=args.fps, generator=torch.Generator().manual_seed(seed),
+        output_type="latent",
     )
-    return out.frames[0].float().clamp(0, 1), out.stages[0][0].float().clamp(0, 1)
+    return out.stages
+
+
+def _latent_key_error(long: torch.Tensor, base: torch.Tensor, factor: int) -> float:
+    return float((long[:, ::factor] - base).double().norm() / base.double().norm())
+
+
+def _video_row(video: torch.Tensor, base: torch.Tensor, clip, factor: int) -> dict:
+    row = {"psnr_key": psnr(video[::factor], base), "ssim_key": ssim(video[::factor], base)}
+    row.update(trajectory_metrics(estimate_positions(video, clip.colors), factor))
+    return row
 
 
 def evaluate(args: argparse.Namespace) -> list[dict]:
-    """Run every method on every seed and scale; write the outputs; return the aggregated rows."""
+    """Run every row on every seed and scale; write the outputs; return the aggregated rows."""
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline(args.model)
-    if args.frames is None:
-        args.frames = pipe.unet.config.num_frames
-    world = WorldConfig(size=args.size)
-    methods = [m for m in args.methods.split(",")]
+    methods = args.methods.split(",")
     unknown = set(methods) - set(RUNS)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; choose from {list(RUNS)}")
-    if "zerosmooth" not in methods and any(RUNS[m] is None for m in methods):
-        methods = ["zerosmooth"] + methods  # repeat/blend need the base video of a cascade run
+    if args.front:
+        methods += [name for name in FRONT_RUNS if name not in methods]
+    model_runs = [m for m in methods if RUNS[m] is not None]
+    if not model_runs or ("exact_keys" in methods and "paper" not in model_runs):
+        model_runs.insert(0, "paper")  # the base video (and the exact_keys ceiling) come from a model run
     scales = [int(s) for s in args.scales.split(",")]
     for s in scales:
-        if s < 2 or s & (s - 1) or 4 % s:
-            raise ValueError(f"scales must be 2 or 4 (the 28 fps world renders 4 frames per key frame), got {s}")
+        if s not in (1, 2, 4):
+            raise ValueError(f"scales must be 1, 2 or 4 (the 28 fps world renders 4 frames per key frame), got {s}")
+    pipe = load_pipeline(args.model)
+    args.frames = args.frames or pipe.unet.config.num_frames
+    args.size = args.size or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    world = WorldConfig(size=args.size)
+    stages = 1 + int(math.log2(max(max(scales), 2)))
 
     per_seed: list[dict] = []
-    features: dict[tuple[int, str], list[torch.Tensor]] = {}
+    videos_by_row: dict[tuple[int, str], list[torch.Tensor]] = {}
     strips: dict[tuple[int, str], torch.Tensor] = {}
     for k in range(args.seeds):
         seed = HELD_OUT_SEED_BASE + k
         clip = render_clip(seed, 4 * args.frames, world)
         image = Image.fromarray((clip.frames[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+        latents, videos, done = {}, {}, {}
+        for name in model_runs:
+            key = tuple(sorted(RUNS[name].items()))  # rows with the same settings share one run
+            if key not in done:
+                started = time.time()
+                stage_latents = generate(pipe, RUNS[name], stages, image, args, seed)
+                done[key] = stage_latents, [decode(pipe, stage) for stage in stage_latents]
+                print(f"seed {k} {name}: {time.time() - started:.1f}s", flush=True)
+            latents[name], videos[name] = done[key]
+        base_latents, base = latents[model_runs[0]][0], videos[model_runs[0]][0]
+        rows = {}
         for factor in scales:
             real = clip.strided(4 // factor, factor * args.frames).frames
-            videos = {"real": real}
-            base = None
-            for name in sorted(methods, key=lambda m: RUNS[m] is None):  # model runs first
-                t = time.time()
-                if RUNS[name] is None:
-                    videos[name] = repeat_frames(base, factor) if name == "repeat" else blend_frames(base, factor)
-                else:
-                    videos[name], run_base = generate(pipe, RUNS[name], factor, image, args, seed)
-                    base = run_base if base is None else base
-                print(f"seed {k} {factor}x {name}: {time.time() - t:.1f}s", flush=True)
-            for name, video in videos.items():
-                key = video[::factor]
+            found = {"real": real}
+            if factor == 1:
+                found["base"] = base
+            else:
+                stage = int(math.log2(factor))
+                for name in methods:
+                    if name in ("repeat", "blend"):
+                        found[name] = (repeat_frames if name == "repeat" else blend_frames)(base, factor)
+                    elif name == "exact_keys":
+                        pinned = latents["paper"][stage].clone()
+                        pinned[:, ::factor] = base_latents
+                        found[name] = decode(pipe, pinned)
+                    else:
+                        found[name] = videos[name][stage]
+            for name, video in found.items():
                 row = {"seed": seed, "scale": factor, "method": name}
-                row["psnr_key"] = psnr(key, base) if name != "real" else float("nan")
-                row["ssim_key"] = ssim(key, base) if name != "real" else float("nan")
-                row.update(trajectory_metrics(estimate_positions(video, clip.colors), factor))
-                per_seed.append(row)
-                features.setdefault((factor, name), []).append(clip_features(video))
+                if name == "real" or factor == 1:
+                    row.update(trajectory_metrics(estimate_positions(video, clip.colors), max(factor, 1)))
+                else:
+                    row.update(_video_row(video, base, clip, factor))
+                if name in latents:
+                    long = latents[name][int(math.log2(factor))]
+                    row["latent_key_err"] = _latent_key_error(long, base_latents, factor)
+                    row["psnr_alone"] = psnr(decode(pipe, long[:, ::factor]), base)
+                rows[(factor, name)] = row
+                videos_by_row.setdefault((factor, name), []).append(video)
                 if k == 0:
                     strips[(factor, name)] = video
-
-    rows = _aggregate(per_seed, features, scales, ["real"] + [m for m in RUNS if m in methods])
+        per_seed.extend(rows.values())
+    rows = _aggregate(per_seed, videos_by_row, scales, ["real", "base"] + [m for m in RUNS if m in methods])
     _write(args.out, per_seed, rows, strips, args)
     return rows
 
 
-def _aggregate(per_seed, features, scales, names) -> list[dict]:
-    """Mean over seeds per (scale, method), and the Fréchet distance of each method's clip
-    features against the real clips' features at the same scale."""
+def _aggregate(per_seed, videos_by_row, scales, names) -> list[dict]:
+    """Mean over seeds per (scale, row), and each row's Fréchet distances against the real clips
+    at the same scale (NaN with fewer than 2 clips, and FD-learned for clips shorter than the
+    encoder's minimum)."""
+    from zerosmooth.lab.video_features import MIN_FRAMES, learned_fd
+
     rows = []
     for factor in scales:
-        real = torch.stack(features[(factor, "real")])
+        real = videos_by_row[(factor, "real")]
+        real_stats = torch.stack([clip_features(v) for v in real])
         for name in names:
-            sel = [r for r in per_seed if r["scale"] == factor and r["method"] == name]
+            if (factor, name) not in videos_by_row:
+                continue
+            selected = [r for r in per_seed if r["scale"] == factor and r["method"] == name]
             row = {"scale": factor, "method": name}
-            for col in ("psnr_key", "ssim_key", "interp_err", "accel", "lost"):
-                vals = [r[col] for r in sel if not math.isnan(r[col])]
-                row[col] = float(np.mean(vals)) if vals else float("nan")
-            feats = torch.stack(features[(factor, name)])
-            row["fd_stats"] = frechet_distance(feats, real) if len(feats) >= 2 else float("nan")
+            for column in PER_SEED:
+                values = [r[column] for r in selected if not math.isnan(r.get(column, math.nan))]
+                row[column] = float(np.mean(values)) if values else math.nan
+            videos = videos_by_row[(factor, name)]
+            enough = len(videos) >= 2
+            stats = torch.stack([clip_features(v) for v in videos])
+            row["fd_stats"] = frechet_distance(stats, real_stats) if enough else math.nan
+            long_enough = enough and videos[0].shape[0] >= MIN_FRAMES
+            row["fd_learned"] = learned_fd(torch.stack(videos), torch.stack(real)) if long_enough else math.nan
             rows.append(row)
     return rows
 
 
 def markdown_table(rows: list[dict]) -> str:
     """The aggregated rows as a markdown table (↑ higher is better, ↓ lower is better)."""
-    head = "| scale | method | key PSNR ↑ | key SSIM ↑ | interp err px ↓ | accel px/f² ↓ | lost ↓ | FD-stats ↓ |"
-    lines = [head, "|" + "---|" * 8]
+    lines = ["| scale | method | " + " | ".join(HEADERS) + " |", "|" + "---|" * (len(HEADERS) + 2)]
     for r in rows:
-        cells = [f"{r['scale']}×", r["method"]] + [
-            "–" if math.isnan(r[c]) else f"{r[c]:.3f}" for c in COLUMNS
-        ]
+        cells = [f"{r['scale']}×", r["method"]] + ["–" if math.isnan(r[c]) else f"{r[c]:.3f}" for c in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def _write(out: Path, per_seed, rows, strips, args) -> None:
-    fields = ["seed", "scale", "method", "psnr_key", "ssim_key", "interp_err", "accel", "lost"]
     with open(out / "per_seed.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
+        writer = csv.DictWriter(f, fieldnames=["seed", "scale", "method", *PER_SEED], restval="")
         writer.writeheader()
         writer.writerows(per_seed)
     with open(out / "table.csv", "w", newline="") as f:
@@ -220,13 +307,16 @@ def _write(out: Path, per_seed, rows, strips, args) -> None:
     table = markdown_table(rows)
     (out / "table.md").write_text(f"Command: `{command}`\n\n{table}\n")
     print(table)
-    _plot(out / "plot.png", rows)
-    for factor in sorted({factor for factor, _ in strips}):
-        videos = {name: strips[(factor, name)] for name in ["real", *RUNS] if (factor, name) in strips}
+    _plot(out / "plot.png", [r for r in rows if r["scale"] > 1])
+    if args.front:
+        _front(out, rows)
+    for factor in sorted({factor for factor, _ in strips if factor > 1}):
+        names = ["real", *[m for m in METHODS if m in args.methods.split(",")]]
+        videos = {name: strips[(factor, name)] for name in names if (factor, name) in strips}
         _strip_sheet(videos, factor).save(out / f"strips_{factor}x.png")
 
 
-def _strip_sheet(videos: dict[str, torch.Tensor], factor: int, zoom: int = 3) -> Image.Image:
+def _strip_sheet(videos: dict[str, torch.Tensor], factor: int, zoom: int = 2) -> Image.Image:
     """One labelled row of frames per method, key frames (every ``factor``-th) marked by a white
     bar above them, so the methods' in-between frames can be compared column by column."""
     from PIL import ImageDraw, ImageFont
@@ -250,50 +340,104 @@ def _strip_sheet(videos: dict[str, torch.Tensor], factor: int, zoom: int = 3) ->
     return sheet
 
 
-def _plot(path: Path, rows: list[dict]) -> None:
-    """One bar chart per column, methods on the x axis, one bar colour per scale."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _plot(path: Path, rows: list[dict]) -> None:
+    """One bar chart per column, rows on the x axis, one bar colour per scale."""
+    plt = _pyplot()
     scales = sorted({r["scale"] for r in rows})
-    names = list(dict.fromkeys(r["method"] for r in rows))
-    fig, axes = plt.subplots(2, 3, figsize=(15, 7))
-    for ax, col in zip(axes.flat, COLUMNS):
+    names = list(dict.fromkeys(r["method"] for r in rows if r["method"] not in FRONT_RUNS))
+    fig, axes = plt.subplots(3, 3, figsize=(16, 11))
+    for ax, column, header in zip(axes.flat, COLUMNS, HEADERS):
         for j, factor in enumerate(scales):
-            vals = [next(r[col] for r in rows if r["scale"] == factor and r["method"] == n) for n in names]
+            values = [next((r[column] for r in rows if r["scale"] == factor and r["method"] == n), math.nan)
+                      for n in names]
             x = np.arange(len(names)) + j * 0.8 / len(scales)
-            ax.bar(x, np.nan_to_num(vals), width=0.8 / len(scales), label=f"{factor}×")
+            ax.bar(x, np.nan_to_num(values), width=0.8 / len(scales), label=f"{factor}×")
         ax.set_xticks(np.arange(len(names)) + 0.4 - 0.4 / len(scales))
         ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
-        ax.set_title(col)
+        ax.set_title(header)
     axes.flat[0].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=70)
     plt.close(fig)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    argv = list(argv) if argv is not None else None
-    p = argparse.ArgumentParser(prog="zerosmooth evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="embedded", help="'embedded', 'tiny' (untrained) or a pipeline directory")
-    p.add_argument("--out", type=Path, default=Path("out/eval"))
-    p.add_argument("--seeds", type=int, default=8, help="number of held-out world seeds")
-    p.add_argument("--scales", default="2,4")
-    p.add_argument("--methods", default=",".join(METHODS),
-                   help=f"rows to run (default: the paper's table); diagnostics: {','.join(DIAGNOSTICS)}")
-    p.add_argument("--steps", type=int, default=12, help="denoising steps")
-    p.add_argument("--size", type=int, default=32, help="frame size in pixels")
-    p.add_argument("--frames", type=int, default=None, help="t0 (default: the UNet's num_frames)")
-    p.add_argument("--fps", type=int, default=7, help="SVD fps condition of the base video")
-    p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args(argv)
-    import sys
+def dominates(front: list[tuple[float, float]], other: list[tuple[float, float]]) -> bool:
+    """Whether every point of ``other`` is matched or beaten by some point of ``front`` in both
+    key PSNR (first, higher is better) and quality distance (second, lower is better)."""
+    return all(any(p >= q and d <= e for p, d in front) for q, e in other)
 
-    args.argv = argv if argv is not None else sys.argv[1:]
+
+def _front(out: Path, rows: list[dict]) -> None:
+    """front.csv (every front point) and front.png (key PSNR against each quality column, per scale)."""
+    plt = _pyplot()
+    families = {**FRONT, "direct": {"direct": {}}, "default": {"zerosmooth": {}}}
+    points = [dict(r, family=family) for family, members in families.items() for r in rows
+              if r["method"] in members and r["scale"] > 1]
+    with open(out / "front.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["family", "scale", "method", *COLUMNS])
+        writer.writeheader()
+        writer.writerows(points)
+    scales = sorted({p["scale"] for p in points})
+    quality = (("fd_stats", "FD-stats ↓"), ("fd_learned", "FD-learned ↓"), ("interp_err", "interp err px ↓"))
+    fig, axes = plt.subplots(len(scales), len(quality), figsize=(16, 5 * len(scales)), squeeze=False)
+    for row_axes, factor in zip(axes, scales):
+        for ax, (column, header) in zip(row_axes, quality):
+            for family in families:
+                members = sorted((p for p in points if p["family"] == family and p["scale"] == factor),
+                                 key=lambda p: p[column])
+                if members:
+                    ax.plot([p[column] for p in members], [p["psnr_key"] for p in members], "o-", label=family)
+                    for p in members:
+                        ax.annotate(p["method"], (p[column], p["psnr_key"]), fontsize=6, alpha=0.7)
+            ax.set_xlabel(header)
+            ax.set_ylabel("key PSNR ↑")
+            ax.set_title(f"{factor}×")
+        row_axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "front.png", dpi=70)
+    plt.close(fig)
+    lines = []
+    for factor in scales:
+        ddnm = [(p["psnr_key"], p["fd_stats"]) for p in points if p["family"] == "latent_ddnm" and p["scale"] == factor]
+        for family in families:
+            mine = [(p["psnr_key"], p["fd_stats"]) for p in points if p["family"] == family and p["scale"] == factor]
+            if mine and ddnm and family != "latent_ddnm":
+                lines.append(f"{factor}×: {family} front dominates latent DDNM's (key PSNR vs FD-stats): "
+                             f"{dominates(mine, ddnm)}")
+    (out / "front.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    p = argparse.ArgumentParser(prog="zerosmooth evaluate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="embedded", help="'embedded', 'tiny' (untrained) or a pipeline directory")
+    p.add_argument("--out", type=Path, default=Path("out/eval"), help="output directory")
+    p.add_argument("--seeds", type=int, default=8, help="number of held-out world seeds")
+    p.add_argument("--scales", default="1,2,4", help="frame-rate factors to report (1: the base video)")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"rows to run (default: the paper's table); diagnostics: {','.join(DIAGNOSTICS)}; "
+                        "'exact_keys' adds the decoder ceiling")
+    p.add_argument("--front", action="store_true", help="also sweep each method's knob and plot the fronts")
+    p.add_argument("--steps", type=int, default=12, help="denoising steps")
+    p.add_argument("--size", type=int, default=None, help="frame size in pixels (default: the model's)")
+    p.add_argument("--frames", type=int, default=None, help="t0 (default: the UNet's num_frames)")
+    p.add_argument("--fps", type=int, default=RENDER_FPS // 4, help="SVD fps condition of the base video")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = p.parse_args(argv)
+    args.argv = argv
     if args.seeds < 1:
-        p.error("--seeds must be >= 1")
+        p.error(f"--seeds must be >= 1, got {args.seeds}")
     return args
 
 

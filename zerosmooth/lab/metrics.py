@@ -143,6 +143,8 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     if a.shape[0] < 2 or b.shape[0] < 2:
         raise ValueError("frechet_distance needs at least 2 clips on each side")
     a, b = a.double().numpy(), b.double().numpy()
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return float("nan")  # e.g. statistics of clips too short to have them
     scale = b.std(0) + 1e-6
     a, b = a / scale, b / scale
     mu_a, mu_b = a.mean(0), b.mean(0)

@@ -75,6 +75,7 @@ SEED_OFFSETS = {"video": 0, "image": 2_000_000, "vae": 5_000_000, "vae_temporal"
 # through and multiplies the other by exactly zero.
 PINNED_LOGIT = 40.0
 MIXER_INIT = 0.5  # diffusers' initial mix_factor for the UNet's blenders (SVD's own value)
+INFERENCE_STEPS = 12  # the Euler steps the evaluation runs the model with (25, SVD's default, adds nothing here)
 TEMPORAL_PARTS = ("temporal_res_block", "temporal_transformer_blocks", "time_pos_embed", "time_mixer",
                   "time_conv_out")
 
@@ -517,9 +518,12 @@ class Run:
         self.record["architecture"] = {
             "unet_channels": list(self.parts["unet"].config.block_out_channels),
             "vae_channels": list(self.parts["vae"].config.block_out_channels),
-            "size": self.args.size, "frames": self.parts["unet"].config.num_frames,
-            "render_fps": RENDER_FPS, "fps_argument": RENDER_FPS // 4,
+            "size": self.args.size, "frames": self.parts["unet"].config.num_frames, "render_fps": RENDER_FPS,
         }
+        # Read by the command line (zerosmooth.batch.ModelSpec): the fps condition of the base video
+        # (key frames every 4th rendered frame) and the denoising steps to run it with.
+        self.record["fps_argument"] = RENDER_FPS // 4
+        self.record["inference_steps"] = INFERENCE_STEPS
         self.record["exported_after"] = reason
         for target in targets:
             export_pipeline(self.parts, target, self.record)
