@@ -64,6 +64,16 @@ def test_every_bad_line_is_named_and_nothing_runs(tmp_path, svd_spec):
     assert str(error.value).startswith(f"{jobs_file} has 4 bad lines (nothing was run):\n  line 2: ")
 
 
+def test_method_options_reach_the_config():
+    job = batch.make_job({"strength": 0.6, "residual-strength": 0.5, "residual_until": 0.4, "key-guidance": True,
+                          "scale": 3}, None)
+    config = job.config()
+    assert (config.strength, config.residual_strength, config.residual_window, config.key_guidance, config.scale) == (
+        0.6, 0.5, (0.0, 0.4), True, 3)
+    default = batch.make_job({}, None).config()
+    assert default == batch.ZeroSmoothConfig()  # unset options keep the library's defaults
+
+
 def test_summary_table():
     results = [
         batch.JobResult(1, "done", ["o/a.mp4", "o/a.gif"], 2.04, process=0),

@@ -65,3 +65,20 @@ def test_mixer_report(svd):
     assert [r["spatial_weight"] for r in rows] == pytest.approx([torch.sigmoid(torch.tensor(0.5)).item()] * len(rows))
     assert diagnose.mixer_report(tiny_text_to_video_pipeline(0), prompt="a", height=16, width=16, num_frames=2,
                                  num_inference_steps=1, output_type="latent") == []
+
+
+def test_diagnose_command_writes_the_report(tmp_path):
+    """``zerosmooth diagnose`` on a saved tiny SVD pipeline: drift table, CSV, plot and mixers."""
+    from zerosmooth import cli
+
+    model = tmp_path / "svd"
+    tiny_svd_pipeline(0).save_pretrained(model)
+    out = tmp_path / "report"
+    assert cli.main(["diagnose", "--model", str(model), "--frames", "4", "--steps", "3", "--at", "first,2",
+                     "--height", "16", "--width", "16", "--out", str(out)]) == 0
+    table = (out / "drift.md").read_text()
+    assert "| module | kind | drift at step 0 | drift at step 2 |" in table and "temporal attention" in table
+    assert (out / "drift.png").is_file() and "spatial weight" in (out / "mixers.md").read_text()
+    with pytest.raises(SystemExit):
+        cli.main(["diagnose", "--model", str(model), "--frames", "4", "--steps", "3", "--at", "5",
+                  "--height", "16", "--width", "16", "--out", str(out)])

@@ -94,6 +94,12 @@ JOB_OPTIONS: tuple[Option, ...] = (
     Option("guidance", float, "guidance scale (SVD: the max of its per-frame guidance)", minimum=0),
     Option("method", str, "zerosmooth (the method), direct (the base model run at every stage's frame count) or "
            "latent_ddnm (baseline); default zerosmooth", choices=METHODS),
+    Option("strength", float, "maximum w of the paper's attention blend o + w(ô − o) (default 0.8)"),
+    Option("residual-strength", float, "strength of the residual-stream correction, which pins the long branch's "
+           "key-frame rows at the model's ResNet outputs (0 switches it off; default: the library's)"),
+    Option("residual-until", float, "denoising progress (0 to 1] up to which the residual-stream correction acts "
+           "(default: the library's)"),
+    Option("key-guidance", bool, "SVD: give long-branch frame f the guidance of base position f/n^(s-1)"),
     Option("out", Path, "output stem, or a name ending in .mp4/.gif; writes STEM.mp4, STEM.gif, STEM_sheet.png and, "
            "with 2+ stages, STEM_compare.mp4/.gif; an existing folder (or a name ending in /) writes "
            "FOLDER/zerosmooth.* (default out/zerosmooth)"),
@@ -101,6 +107,20 @@ JOB_OPTIONS: tuple[Option, ...] = (
            "[T, C, H, W] in [0, 1])"),
 )
 OPTIONS_BY_NAME = {option.name: option for option in JOB_OPTIONS}
+# ZeroSmoothConfig fields the job options set, and the option that sets each (for error messages).
+CONFIG_OPTIONS = {"scale": "scale", "stages": "stages", "seed": "seed", "method": "method", "strength": "strength",
+                  "residual_strength": "residual-strength", "residual_window": "residual-until",
+                  "key_guidance": "key-guidance"}
+
+
+def config_fields(values: dict) -> dict:
+    """The ZeroSmoothConfig fields a job's option values (by attribute name) set; unset ones keep
+    the library's defaults."""
+    fields = {name: values[name] for name in ("scale", "stages", "seed", "method", "strength", "residual_strength",
+                                                "key_guidance") if values.get(name) is not None}
+    if values.get("residual_until") is not None:
+        fields["residual_window"] = (0.0, values["residual_until"])
+    return fields
 
 # Settings of the whole run, given once on the command line: a jobs file naming one is told so.
 RUN_SETTINGS = ("model", "device", "dtype", "threads", "batch", "overwrite", "report", "verbose", "no-progress")
@@ -311,11 +331,15 @@ class Job:
     width: Optional[int] = None
     guidance: Optional[float] = None
     method: str = "zerosmooth"
+    strength: Optional[float] = None
+    residual_strength: Optional[float] = None
+    residual_until: Optional[float] = None
+    key_guidance: Optional[bool] = None
     save_frames: bool = False
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (option, message with LABEL for it)
 
     def config(self) -> ZeroSmoothConfig:
-        return ZeroSmoothConfig(scale=self.scale, stages=self.stages, seed=self.seed, method=self.method)
+        return ZeroSmoothConfig(**config_fields(vars(self)))
 
     def outputs(self, stem: Optional[Path] = None) -> dict[str, Path]:
         """The files the job writes, by kind; the main video (``mp4``) comes last, so that a job
@@ -403,13 +427,18 @@ def make_job(values: dict, spec: Optional[ModelSpec], line: int = 0, default_ste
             raise JobError(text.replace("_", "-"), checked[text], "a non-empty text")
     if checked.get("seed", 0) >= 2**64:
         raise JobError("seed", checked["seed"], "an integer below 2**64 (torch.Generator's range)")
-    given = {name: checked[name] for name in ("scale", "stages", "method") if name in checked}
+    until = checked.get("residual_until")
+    if until is not None and not 0 < until <= 1:
+        raise JobError("residual-until", until, "a fraction of the denoising in (0, 1]")
+    given = config_fields(checked)
     try:
         ZeroSmoothConfig(**given)
     except ValueError as error:  # the config names its field: "ZeroSmoothConfig.scale must be …"
         message = str(error)
-        option = next((name for name in given if f"ZeroSmoothConfig.{name}" in message), "scale")
-        raise JobError.text(option, given.get(option), message.replace(f"ZeroSmoothConfig.{option}", LABEL)) from None
+        field_name = next((name for name in given if f"ZeroSmoothConfig.{name} " in message), "scale")
+        option = CONFIG_OPTIONS.get(field_name, field_name)
+        value = checked.get(option.replace("-", "_"), given.get(field_name))
+        raise JobError.text(option, value, message.replace(f"ZeroSmoothConfig.{field_name}", LABEL)) from None
     if "image" in checked:
         checked["image"] = _check_image(checked["image"])
     if "out" in checked:

@@ -101,7 +101,45 @@ def build_parser() -> argparse.ArgumentParser:
                      help="show everything: third-party warnings, loading bars, tracebacks of errors")
     gen.add_argument("--no-progress", action="store_true", help="hide progress bars")
     gen.set_defaults(error=gen.error)
+    _diagnose_parser(commands)
     return parser
+
+
+# Job options that do not apply to a diagnosis (it writes tables, not videos).
+NOT_DIAGNOSED = ("out", "save-frames")
+
+
+def _diagnose_parser(commands) -> None:
+    diag = commands.add_parser(
+        "diagnose",
+        help="where a model loses key-frame consistency: per-module drift between the branches, and its mixers",
+        description=(
+            "Run one ZeroSmooth call with read-only probes and report, at the chosen denoising steps, how far "
+            "every attention module's, ResNet block's and temporal layer's output at the long branch's key "
+            "frames is from the key branch's (relative drift, 0 = pinned); and every spatial/temporal mixer's "
+            "spatial weight and measured temporal share. Writes OUT/drift.md, drift.csv, drift.png (with "
+            "matplotlib) and mixers.md."
+        ),
+    )
+    diag.add_argument("--model", help="local diffusers pipeline folder or hub id (default: the embedded model)")
+    source = diag.add_mutually_exclusive_group()
+    for option in JOB_OPTIONS:
+        if option.name in NOT_DIAGNOSED:
+            continue
+        target = source if option.name in ("image", "prompt") else diag
+        if option.kind is bool:
+            target.add_argument(f"--{option.name}", action="store_true", default=None, help=option.help)
+        else:
+            kind = {int: int, float: float}.get(option.kind, str)
+            target.add_argument(f"--{option.name}", type=kind, choices=option.choices or None, help=option.help)
+    diag.add_argument("--at", default="first,middle,last", metavar="STEPS",
+                      help="denoising steps to measure: 0-based numbers and/or first, middle, last (comma-separated)")
+    diag.add_argument("--out", type=Path, default=Path("out/diagnose"), help="output folder")
+    diag.add_argument("--device", default="auto", help="torch device (default: cuda if available)")
+    diag.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="model dtype")
+    diag.add_argument("--threads", type=int, help="CPU intra-op threads (default: 1 for the embedded model)")
+    diag.add_argument("--verbose", action="store_true", help="show third-party warnings and loading bars")
+    diag.set_defaults(error=diag.error, batch=None, overwrite=False, report=None)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -114,7 +152,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return importlib.import_module(module).main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        return _generate(args)
+        return _diagnose(args) if args.command == "diagnose" else _generate(args)
     except UsageError as error:
         if _rank_from_environment() != 0:  # every process found the same error; one says it
             raise SystemExit(EXIT_USAGE) from None
@@ -154,7 +192,7 @@ def _job_values(args: argparse.Namespace) -> dict:
     """The job options given on the command line."""
     values = {}
     for option in JOB_OPTIONS:
-        value = getattr(args, option.attribute)
+        value = getattr(args, option.attribute, None)  # diagnose has no output options
         if value is not None:
             values[option.name] = value
     return values
@@ -371,6 +409,55 @@ def _generate(args: argparse.Namespace) -> int:
         batch.remove_empty_folders(created)  # those a finished job wrote into are not empty
         if threads is not None:
             torch.set_num_threads(threads)  # main() may run inside a larger program
+
+
+def _measured_steps(text: str, count: int) -> list[int]:
+    """``--at``'s steps as 0-based indices into ``count`` denoising steps."""
+    named = {"first": 0, "middle": count // 2, "last": count - 1}
+    steps = []
+    for part in text.split(","):
+        part = part.strip()
+        step = named.get(part, int(part) if part.isdigit() else None)
+        if step is None or not 0 <= step < count:
+            raise UsageError(f"--at must list steps in [0, {count - 1}] or first, middle, last, got {text!r}")
+        steps.append(step)
+    return sorted(set(steps))
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    _check_run_settings(args)
+    values = _job_values(args)
+    with _as_usage():
+        spec, location = resolve_model(args.model)
+        job = batch.make_job(values, spec, default_stem=args.out / "unused")
+        batch.check_against_model(job, spec)
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out must be a folder, got {str(args.out)!r}, which is a file")
+    device, dtype = _resolve_device(args)
+    import torch
+
+    from . import diagnose
+
+    threads = torch.get_num_threads()
+    if args.threads is not None or args.model is None:
+        torch.set_num_threads(args.threads or 1)
+    try:
+        with _third_party_output(args.verbose, sys.stderr.isatty()):
+            pipe = _load_pipeline(args.model, location, device, dtype)
+            kwargs, _, source = batch.pipeline_arguments(pipe, job, spec)
+            count = kwargs.get("num_inference_steps") or diagnose.default_steps(pipe)
+            steps = _measured_steps(args.at, count)
+            _say(_model_line(args.model, pipe, device, dtype))
+            _say(f"Input: {source}; measuring steps {', '.join(map(str, steps))} of {count}")
+            written = diagnose.write_report(pipe, job.config(), steps, kwargs, args.out)
+    except _Failure as error:
+        print(f"zerosmooth diagnose: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        torch.set_num_threads(threads)
+    for path in written:
+        _say(f"Wrote {path}")
+    return EXIT_DONE
 
 
 def _decode(image: Path) -> None:

@@ -9,13 +9,12 @@
   with its spatial weight ``α`` and the temporal share of its output measured on a plain run,
   ``‖out − x_spatial‖ / ‖out‖`` — how much the temporal branch changes what the block passes on.
 
-``zerosmooth diagnose`` (:func:`main`) writes both as tables, and the drift as a plot when
+``zerosmooth diagnose`` (:func:`write_report`) writes both as tables, and the drift as a plot when
 matplotlib (the ``lab`` extra) is installed.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,3 +169,83 @@ def mixer_report(pipe, **pipeline_kwargs) -> list[dict]:
         {"mixer": name, "spatial_weight": weights[name], "temporal_share": sum(values) / len(values)}
         for name, values in shares.items()
     ]
+
+
+def default_steps(pipe) -> int:
+    """The denoising steps the pipeline's ``__call__`` runs by default."""
+    import inspect
+
+    return inspect.signature(type(pipe).__call__).parameters["num_inference_steps"].default
+
+
+def drift_table(drifts: list[Drift]) -> str:
+    """Markdown: one row per module in forward order, one drift column per measured step."""
+    steps = sorted({d.step for d in drifts})
+    rows: dict[tuple[int, str, str], dict[int, float]] = {}
+    for d in drifts:
+        rows.setdefault((d.order, d.module, d.kind), {})[d.step] = d.drift
+    lines = ["| module | kind | " + " | ".join(f"drift at step {k}" for k in steps) + " |",
+             "|---|---|" + "---|" * len(steps)]
+    for (_, module, kind), values in sorted(rows.items()):
+        lines.append(f"| {module} | {kind} | " + " | ".join(f"{values.get(k, float('nan')):.4f}" for k in steps) + " |")
+    return "\n".join(lines)
+
+
+def mixer_table(rows: list[dict]) -> str:
+    lines = ["| mixer | spatial weight α | temporal share of the output |", "|---|---|---|"]
+    lines += [f"| {r['mixer']} | {r['spatial_weight']:.3f} | {r['temporal_share']:.3f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def _plot_drift(drifts: list[Drift], path: Path) -> bool:
+    """Drift per module (forward order) and step; False when matplotlib (the lab extra) is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    orders = sorted({d.order for d in drifts})
+    position = {order: index for index, order in enumerate(orders)}
+    fig, ax = plt.subplots(figsize=(14, 5))
+    for step in sorted({d.step for d in drifts}):
+        points = sorted((position[d.order], d.drift) for d in drifts if d.step == step)
+        ax.plot(*zip(*points), "-", alpha=0.6, label=f"step {step}")
+    markers = {"spatial attention": "o", "temporal attention": "s", "resnets": "^", "temporal": "D", "output": "*"}
+    for kind, marker in markers.items():
+        points = [(position[d.order], d.drift) for d in drifts if d.kind == kind]
+        if points:
+            ax.scatter(*zip(*points), marker=marker, s=18, color="black", label=kind)
+    ax.set_xlabel("module, in forward order")
+    ax.set_ylabel("key-frame drift ‖A h − h₀‖ / ‖h₀‖")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return True
+
+
+def write_report(pipe, config: ZeroSmoothConfig, steps: Sequence[int], pipeline_kwargs: dict, out: Path) -> list[Path]:
+    """Measure drift (at ``steps``) and the mixers for one call and write ``out``/drift.md, drift.csv,
+    drift.png (when matplotlib is installed) and mixers.md (models with mixers). Returns the files."""
+    out.mkdir(parents=True, exist_ok=True)
+    kwargs = dict(pipeline_kwargs, output_type="latent")
+    generator = kwargs.get("generator")
+    state = None if generator is None else generator.get_state()
+    drifts, _ = key_frame_drift(pipe, config, steps=steps, **kwargs)
+    written = [out / "drift.md", out / "drift.csv"]
+    written[0].write_text(drift_table(drifts) + "\n")
+    with open(written[1], "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["module", "kind", "order", "step", "drift"])
+        writer.writerows((d.module, d.kind, d.order, d.step, d.drift) for d in drifts)
+    if _plot_drift(drifts, out / "drift.png"):
+        written.append(out / "drift.png")
+    if state is not None:
+        generator.set_state(state)  # the mixers are measured on the same noise
+    mixers = mixer_report(pipe, **kwargs)
+    if mixers:
+        (out / "mixers.md").write_text(mixer_table(mixers) + "\n")
+        written.append(out / "mixers.md")
+    return written
