@@ -1,46 +1,38 @@
 """Ahead-of-time build of every shipped Triton kernel configuration for sm_80 and sm_90.
 
-    python -m zs_kernels.compile_check [--arch 80 90] [--dtype fp16 bf16]
+    python -m zs_kernels.compile_check [--arch 80 90] [--dtype fp16 bf16] [--op ...] [--jobs N]
 
 No GPU is needed: ``triton.compile`` lowers to PTX and ptxas assembles a cubin for the target.
 For every kernel, configuration, architecture and dtype it prints registers, spills, stack and
-shared memory, and exits non-zero on any build failure, any spill, or shared memory beyond what
-an A100 grants one block. This is how we know the kernels build and fit on real GPUs.
+shared memory, and exits non-zero on any build failure, any spill, shared memory beyond what an
+A100 grants one block, or a kernel module that cannot be imported. This is how we know the
+kernels build and fit on real GPUs.
 
-Each kernel module in :data:`KERNEL_MODULES` provides ``aot_configurations(dtype)`` yielding
-:class:`KernelConfiguration` objects: the ``@triton.jit`` function, a label, the signature and
-constexprs it is launched with, the compile options (``num_warps``, ``num_stages``), and the
-arguments a launch guarantees to be multiples of 16 (``divisible_by_16``: what Triton's JIT
-specialises on when it sees aligned pointers and sizes; empty means the unspecialised worst case).
+Each op in :data:`KERNEL_OPS` has a ``zs_kernels/<op>/triton.py`` whose
+``aot_configurations(dtype)`` yields :class:`zs_kernels._triton_common.KernelConfiguration`
+objects: the ``@triton.jit`` function, a label, the signature and constexprs it is launched
+with, the compile options and the arguments a launch guarantees to be multiples of 16. Nothing
+in the library imports this module.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import dataclasses
 import importlib
 import io
+import multiprocessing
 import os
 import re
 import sys
 
-KERNEL_MODULES = ("windowed_attention", "qkv_correction")
+KERNEL_OPS = ("windowed_attention", "corrected_qkv")
 ARCHITECTURES = (80, 90)
 DTYPES = ("fp16", "bf16")
 # cudaDevAttrMaxSharedMemoryPerBlockOptin on an A100 (sm_80): 163 KiB.
 SHARED_MEMORY_LIMIT = 163 * 1024
-
-
-@dataclasses.dataclass(frozen=True)
-class KernelConfiguration:
-    function: object
-    label: str
-    signature: dict
-    constexprs: dict
-    num_warps: int = 4
-    num_stages: int = 2
-    divisible_by_16: tuple = ()
 
 
 @dataclasses.dataclass
@@ -67,6 +59,13 @@ class Build:
             found.append(f"shared memory {self.shared} B > {SHARED_MEMORY_LIMIT} B")
         return found
 
+    def row(self) -> str:
+        spill = self.spill_stores + self.spill_loads if not self.error else -1
+        return (
+            f"{self.kernel:<20} {self.label:<52} sm_{self.arch:<2} {self.dtype:>5} {self.registers:>5} {spill:>6} "
+            f"{self.stack:>6} {self.shared:>8}  {'; '.join(self.problems) or 'ok'}"
+        )
+
 
 _PTXAS_PATTERNS = {
     "stack": r"(\d+) bytes stack frame",
@@ -76,8 +75,8 @@ _PTXAS_PATTERNS = {
 }
 
 
-def compile_configuration(kernel: str, configuration: KernelConfiguration, arch: int, dtype: str) -> Build:
-    """Compile one configuration for ``sm_<arch>`` and read ptxas's resource report."""
+def compile_configuration(kernel: str, configuration, arch: int, dtype: str) -> Build:
+    """Compile one ``KernelConfiguration`` for ``sm_<arch>`` and read ptxas's resource report."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -110,30 +109,42 @@ def compile_configuration(kernel: str, configuration: KernelConfiguration, arch:
     return build
 
 
-def run(architectures=ARCHITECTURES, dtypes=DTYPES, modules=KERNEL_MODULES, out=sys.stdout) -> list[Build]:
-    """Compile every configuration of every kernel module; print one row per build."""
+# The work list of a run; forked workers read it by index (jit functions do not pickle).
+_jobs: list[tuple] = []
+
+
+def _build_job(index: int) -> Build:
+    return compile_configuration(*_jobs[index])
+
+
+def run(architectures=ARCHITECTURES, dtypes=DTYPES, ops=KERNEL_OPS, jobs: int = 1, out=sys.stdout) -> list[Build]:
+    """Compile every configuration of every op's kernel on ``jobs`` processes; print one row per build."""
     os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"
     # On a cache hit ptxas does not run and prints no resource report: always compile.
     os.environ["TRITON_ALWAYS_COMPILE"] = "1"
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    builds = []
-    header = f"{'kernel':<20} {'configuration':<44} {'arch':>5} {'dtype':>5} {'regs':>5} {'spill':>6} {'stack':>6} {'shared':>8}  status"
-    print(header, file=out)
-    for name in modules:
-        module = importlib.import_module(f"zs_kernels.triton.{name}")
+    _jobs.clear()
+    for op in ops:
+        module = importlib.import_module(f"zs_kernels.{op}.triton")
         for dtype in dtypes:
             for configuration in module.aot_configurations(dtype):
-                for arch in architectures:
-                    build = compile_configuration(name, configuration, arch, dtype)
-                    builds.append(build)
-                    status = "; ".join(build.problems) or "ok"
-                    print(
-                        f"{name:<20} {build.label:<44} sm_{arch:<2} {dtype:>5} {build.registers:>5} "
-                        f"{build.spill_stores + build.spill_loads if not build.error else -1:>6} {build.stack:>6} "
-                        f"{build.shared:>8}  {status}",
-                        file=out,
-                        flush=True,
-                    )
+                _jobs.extend((op, configuration, arch, dtype) for arch in architectures)
+    print(
+        f"{'kernel':<20} {'configuration':<52} {'arch':>5} {'dtype':>5} {'regs':>5} {'spill':>6} {'stack':>6} "
+        f"{'shared':>8}  status",
+        file=out,
+    )
+    builds = []
+    if jobs > 1:
+        context = multiprocessing.get_context("fork")
+        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+            for build in pool.map(_build_job, range(len(_jobs))):
+                builds.append(build)
+                print(build.row(), file=out, flush=True)
+    else:
+        for index in range(len(_jobs)):
+            builds.append(_build_job(index))
+            print(builds[-1].row(), file=out, flush=True)
     return builds
 
 
@@ -141,9 +152,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m zs_kernels.compile_check", description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, nargs="+", default=list(ARCHITECTURES), choices=ARCHITECTURES)
     parser.add_argument("--dtype", nargs="+", default=list(DTYPES), choices=("fp16", "bf16", "fp32"))
-    parser.add_argument("--kernel", nargs="+", default=list(KERNEL_MODULES), choices=KERNEL_MODULES)
+    parser.add_argument("--op", nargs="+", default=list(KERNEL_OPS), choices=KERNEL_OPS)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel builds (default: CPU count)")
     args = parser.parse_args(argv)
-    builds = run(args.arch, args.dtype, args.kernel)
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        parser.error("TRITON_INTERPRET=1 is set: the interpreter replaces compilation; unset it")
+    builds = run(args.arch, args.dtype, args.op, args.jobs)
     failed = [build for build in builds if build.problems]
     print(f"{len(builds) - len(failed)} of {len(builds)} builds clean")
     return 1 if failed or not builds else 0

@@ -8,17 +8,24 @@ A ``t0``-frame stage with scale ``n`` becomes ``n * t0`` frames; key frame ``i``
 * ``box_right`` row ``i`` is the mean of frames ``n i .. n i + n - 1``
 
 Every operator has orthogonal rows, so ``A A⁺ = I`` and back-projection has a closed form that
-only needs each key frame's *box* (the frames its row averages): see :func:`box_ranges`.
+only needs each key frame's *box* (the frames its row averages). The fast paths apply it over
+*box groups* (:func:`box_groups`): runs of ``n`` consecutive frames, one per box, which is how
+both the vectorised path and the fused QKV kernel tile the frame axis.
 
-Temporal attention of the long branch runs over overlapping windows; :func:`window_starts` and
-:func:`window_weights` define them and their FreeNoise fusion weights.
+Temporal attention of the long branch runs over overlapping windows; :func:`windows` lays them
+out, :func:`window_weights` and :func:`fusion_weights` give their FreeNoise fusion weights.
+
+Everything here is plain Python or float64 tensors built on the host; it imports nothing of ours
+but the leaf checks.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from . import _validate
+from . import _checks
 
 OPERATOR_KINDS = ("sample", "box_left", "box_right")
 WEIGHT_SCHEMES = ("pyramid", "flat")
@@ -26,7 +33,47 @@ WEIGHT_SCHEMES = ("pyramid", "flat")
 
 def check_scale(scale) -> int:
     """Validate a frame scale ``n`` (an integer >= 2) and return it as an int."""
-    return _validate.integer("scale", scale, minimum=2)
+    return _checks.integer("scale", scale, minimum=2)
+
+
+@dataclasses.dataclass(frozen=True)
+class BoxGroups:
+    """Operator ``kind``'s boxes as groups of ``scale`` consecutive frames.
+
+    Group ``g`` covers frames ``first + scale·g … first + scale·g + scale − 1`` clipped to
+    ``[0, num_frames)``; key frame ``scale·g`` lies in group ``g``. Groups ``0 … boxes − 1`` hold
+    the boxes: for ``box_left``/``box_right`` the group *is* the box, for ``sample`` the box is the
+    key frame alone. ``box_left`` starts ``scale − 1`` frames early (``first < 0``, so group 0 is
+    frame 0 alone) and has one more group, its last ``scale − 1`` frames, which belong to no box.
+    """
+
+    first: int
+    count: int
+    boxes: int
+    scale: int
+    num_frames: int
+
+    def span(self, group: int) -> tuple[int, int]:
+        """Half-open frame range ``[start, stop)`` of ``group``, clipped to the frames."""
+        start = self.first + self.scale * group
+        return max(start, 0), min(start + self.scale, self.num_frames)
+
+    @property
+    def whole(self) -> range:
+        """The box groups that lie wholly inside the frames, ``whole.start … boxes − 1``: their
+        frames form one run of ``len(whole) · scale`` frames from ``span(whole.start)[0]``. The
+        boxes before ``whole.start`` (``box_left``'s first) are clipped by the frame range."""
+        return range(0 if self.first >= 0 else 1, self.boxes)
+
+
+def box_groups(kind: str, num_key_frames: int, scale: int) -> BoxGroups:
+    """The box groups of operator ``kind`` over ``scale · num_key_frames`` frames (see :class:`BoxGroups`)."""
+    _checks.choice("kind", kind, OPERATOR_KINDS)
+    t0 = _checks.integer("num_key_frames", num_key_frames, minimum=1)
+    n = check_scale(scale)
+    if kind == "box_left":
+        return BoxGroups(first=1 - n, count=t0 + 1, boxes=t0, scale=n, num_frames=n * t0)
+    return BoxGroups(first=0, count=t0, boxes=t0, scale=n, num_frames=n * t0)
 
 
 def box_ranges(kind: str, num_key_frames: int, scale: int) -> list[tuple[int, int]]:
@@ -35,18 +82,19 @@ def box_ranges(kind: str, num_key_frames: int, scale: int) -> list[tuple[int, in
     ``sample`` boxes hold one frame. Under ``box_left`` the last ``scale - 1`` frames belong to
     no box; under ``box_right`` every frame belongs to exactly one box.
     """
-    _validate.choice("kind", kind, OPERATOR_KINDS)
-    t0 = _validate.integer("num_key_frames", num_key_frames, minimum=1)
-    n = check_scale(scale)
+    groups = box_groups(kind, num_key_frames, scale)
     if kind == "sample":
-        return [(n * i, n * i + 1) for i in range(t0)]
-    if kind == "box_left":
-        return [(max(0, n * i - n + 1), n * i + 1) for i in range(t0)]
-    return [(n * i, n * i + n) for i in range(t0)]
+        return [(groups.scale * i, groups.scale * i + 1) for i in range(groups.boxes)]
+    return [groups.span(i) for i in range(groups.boxes)]
 
 
 def frame_operator(kind: str, num_key_frames: int, scale: int) -> torch.Tensor:
-    """Dense operator ``A`` of shape ``[num_key_frames, scale * num_key_frames]``, float64."""
+    """Dense operator ``A`` of shape ``[num_key_frames, scale * num_key_frames]``, float64.
+
+    Raises:
+        ValueError / TypeError naming the argument for an unknown ``kind``, ``num_key_frames < 1``
+        or a ``scale`` that is not an integer ``>= 2``.
+    """
     boxes = box_ranges(kind, num_key_frames, scale)
     operator = torch.zeros(len(boxes), scale * len(boxes), dtype=torch.float64)
     for i, (start, stop) in enumerate(boxes):
@@ -64,22 +112,47 @@ def frame_operator_pinv(kind: str, num_key_frames: int, scale: int) -> torch.Ten
     return operator.T / (operator * operator).sum(dim=1)
 
 
-def window_starts(num_frames: int, window: int, stride: int) -> list[int]:
-    """Start frames of the temporal-attention windows (SPEC §5).
+@dataclasses.dataclass(frozen=True)
+class Windows:
+    """The temporal-attention windows over ``num_frames`` frames (SPEC §5).
 
-    Starts are ``0, stride, 2 stride, …`` while ``start + window <= num_frames``; if the last of
-    these ends before ``num_frames`` a right-aligned tail window ``num_frames - window`` is added.
-    With ``num_frames <= window`` there is one window ``[0, num_frames)``.
+    Every window is ``length = min(window, num_frames)`` frames long; ``regular`` windows start at
+    ``0, stride, …, (regular − 1)·stride``, and when ``tail`` one more, right-aligned, starts at
+    ``num_frames − length``.
     """
-    num_frames = _validate.integer("num_frames", num_frames, minimum=1)
-    window = _validate.integer("window", window, minimum=1)
-    stride = _validate.integer("stride", stride, minimum=1, maximum=window)
-    if num_frames <= window:
-        return [0]
-    starts = list(range(0, num_frames - window + 1, stride))
-    if starts[-1] + window < num_frames:
-        starts.append(num_frames - window)
-    return starts
+
+    num_frames: int
+    length: int
+    stride: int
+    regular: int
+    tail: bool
+
+    @property
+    def starts(self) -> list[int]:
+        starts = [self.stride * w for w in range(self.regular)]
+        return starts + [self.num_frames - self.length] if self.tail else starts
+
+
+def windows(num_frames: int, window: int, stride: int) -> Windows:
+    """Lay out the windows: starts ``0, stride, 2 stride, …`` while ``start + window <= num_frames``;
+    if the last of these ends before ``num_frames`` a right-aligned tail window is added. With
+    ``num_frames <= window`` there is one window ``[0, num_frames)``.
+
+    Raises:
+        ValueError / TypeError naming the argument unless ``num_frames, window >= 1`` and
+        ``1 <= stride <= window`` are integers.
+    """
+    num_frames = _checks.integer("num_frames", num_frames, minimum=1)
+    window = _checks.integer("window", window, minimum=1)
+    stride = _checks.integer("stride", stride, minimum=1, maximum=window)
+    length = min(window, num_frames)
+    regular = (num_frames - length) // stride + 1
+    return Windows(num_frames, length, stride, regular, (regular - 1) * stride + length < num_frames)
+
+
+def window_starts(num_frames: int, window: int, stride: int) -> list[int]:
+    """Start frames of the temporal-attention windows (SPEC §5; see :func:`windows`)."""
+    return windows(num_frames, window, stride).starts
 
 
 def window_weights(window: int, scheme: str = "pyramid") -> torch.Tensor:
@@ -87,29 +160,30 @@ def window_weights(window: int, scheme: str = "pyramid") -> torch.Tensor:
 
     ``pyramid``: ``min(r + 1, window - r)``; ``flat``: all ones.
     """
-    window = _validate.integer("window", window, minimum=1)
-    _validate.choice("weighting", scheme, WEIGHT_SCHEMES)
+    window = _checks.integer("window", window, minimum=1)
+    _checks.choice("weighting", scheme, WEIGHT_SCHEMES)
     offsets = torch.arange(window, dtype=torch.float64)
     if scheme == "flat":
         return torch.ones(window, dtype=torch.float64)
     return torch.minimum(offsets + 1, window - offsets)
 
 
-def fusion_weights(num_frames: int, window: int, stride: int, scheme: str = "pyramid") -> tuple[list[int], torch.Tensor]:
+def fusion_weights(
+    num_frames: int, window: int, stride: int, scheme: str = "pyramid"
+) -> tuple[list[int], torch.Tensor]:
     """Window starts and each window's normalised contribution to its frames.
 
     Returns ``(starts, weights)`` with ``weights`` float64 of shape ``[len(starts), w]`` where
     ``w = min(window, num_frames)``: ``weights[j, r] = ω(r) / Σ_{windows u ∋ f} ω(f - s_u)`` for
     frame ``f = starts[j] + r``, so the fused output is ``Σ_j weights[j, r] · o_j[r]``.
     """
-    starts = window_starts(num_frames, window, stride)
-    length = min(window, num_frames)
-    omega = window_weights(length, scheme)
+    layout = windows(num_frames, window, stride)
+    omega = window_weights(layout.length, scheme)
     total = torch.zeros(num_frames, dtype=torch.float64)
-    for start in starts:
-        total[start : start + length] += omega
-    weights = torch.stack([omega / total[start : start + length] for start in starts])
-    return starts, weights
+    for start in layout.starts:
+        total[start : start + layout.length] += omega
+    weights = torch.stack([omega / total[start : start + layout.length] for start in layout.starts])
+    return layout.starts, weights
 
 
 def relative_positions(length: int, table_rows: int) -> torch.Tensor:

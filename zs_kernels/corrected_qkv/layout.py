@@ -1,9 +1,8 @@
-"""Output layouts shared by every backend and by the ops' fake (meta) implementations.
+"""Output layout of ``corrected_qkv``, shared by its backends and its custom op's fake implementation.
 
-The model hands the ops permuted views (temporal attention sees ``[B·L, t, C]`` viewed as
+The model hands the op permuted views (temporal attention sees ``[B·L, t, C]`` viewed as
 ``[B, t, L, C]``). Outputs follow the input's memory order so no backend has to copy the input
-into a canonical layout, and the custom ops' fake implementations can predict every backend's
-strides exactly.
+into a canonical layout, and the fake implementation predicts every backend's strides exactly.
 """
 
 from __future__ import annotations

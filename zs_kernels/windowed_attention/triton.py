@@ -10,15 +10,16 @@ Work decomposition
 Sequences (``N·H`` of them) lie on grid axis 0, ``SEQS_PER_PROGRAM`` per program, so the grid
 stays far below CUDA's 2³¹−1 limit on axis 0 and axes 1/2 are unused. Inside a program the
 frames are cut into query blocks of ``BLOCK_M`` rows. For one query block the kernel loops over
-the windows that intersect it (their starts are computed in-kernel: ``w·stride`` for the
-regular windows, ``F − W`` for the tail); for each window it loads that window's ``K, V`` rows
-(``BLOCK_W = next_pow2(min(W, F))`` of them), computes ``[BLOCK_M, BLOCK_W]`` scores, a softmax
-stabilised by the window's own row maxima, and adds ``ω(f − start) / Z · P @ V`` to a register
-accumulator for the block's rows (rows outside the window get ``ω = 0``). After the last window
-the accumulator is divided by ``Σ ω`` and stored. Only ``Q`` and ``O`` rows of the block and the
-windows' ``K, V`` rows are touched, so DRAM sees ``Q, K, V`` read once and ``O`` written once;
-a ``K, V`` row that belongs to several windows or query blocks is re-read from L1/L2 by the same
-program moments later (see :func:`load_traffic`).
+the windows that intersect it (the launcher passes :func:`zs_kernels.frames.windows`' layout:
+starts ``w·stride`` for the regular windows, ``F − min(W, F)`` for the tail); for each window it
+loads that window's ``K, V`` rows (``BLOCK_W = next_pow2(min(W, F))`` of them), computes
+``[BLOCK_M, BLOCK_W]`` scores, a softmax stabilised by the window's own row maxima, and adds
+``ω(f − start) / Z · P @ V`` to a register accumulator for the block's rows inside the window
+(the others are selected away, so a non-finite value reaches only the rows that attend over
+it). After the last window the accumulator is divided by ``Σ ω`` and stored. Only ``Q`` and
+``O`` rows of the block and the windows' ``K, V`` rows are touched, so DRAM sees ``Q, K, V`` read
+once and ``O`` written once; a ``K, V`` row that belongs to several windows or query blocks is
+re-read from L1/L2 by the same program moments later (see :func:`load_traffic`).
 
 Relative position bias (``rel_k``, ``rel_v``): pairs in a window are at most ``L − 1 = min(W, F)
 − 1`` frames apart, so only the rows ``R − R_eff … R + R_eff`` of a table (``R_eff = min(R, L −
@@ -45,16 +46,15 @@ relative tables for ``D ≤ 64`` and ``min(W, F) ≤ 16``; the dual pass with ``
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
 from .. import frames
-from ..compile_check import KernelConfiguration
+from .._triton_common import Autotuner, KernelConfiguration, LaunchConfig, aot_signature, vector_alignment
 
 MAX_HEAD_DIM = 256
 MAX_WINDOW_LENGTH = 32
@@ -156,7 +156,7 @@ def _accumulate_windows(
     first = (tl.maximum(m0 - length + 1, 0) + stride - 1) // stride
     last = tl.minimum(n_regular, (m1 - 1) // stride + 1)
     tail_start = num_frames - length
-    last += (has_tail & (tail_start < m1)).to(tl.int32)
+    last += ((has_tail != 0) & (tail_start < m1)).to(tl.int32)
     for w in range(first, last):
         start = tl.where(w < n_regular, w * stride, tail_start)
         cols = start + cols_in_window
@@ -174,12 +174,18 @@ def _accumulate_windows(
         p = tl.exp2(scores - tl.max(scores, axis=1)[:, None])
         # ω(r) = min(r + 1, length − r) for the rows inside the window, 0 for the others.
         offset = rows - start
+        in_window = (offset >= 0) & (offset < length)
         omega = tl.where(pyramid != 0, tl.minimum(offset + 1, length - offset), 1).to(tl.float32)
-        omega = tl.where((offset >= 0) & (offset < length), omega, 0.0)
+        omega = tl.where(in_window, omega, 0.0)
         weight_sum += omega
-        p = p * (factor * omega / tl.sum(p, axis=1))[:, None]
+        # Rows outside the window are selected away, not multiplied by ω = 0: a NaN in this
+        # window's q, k or v must not reach rows that do not attend over it (0 · NaN = NaN).
+        # (Selecting the updated accumulator, rather than masking the product, spills no
+        # registers in the D = 128 dual-pass tile on sm_80.)
+        p = tl.where(in_window[:, None], p * (factor * omega / tl.sum(p, axis=1))[:, None], 0.0)
         v = _load_rows(v_base, cols, col_ok, stride_vf, stride_vd, offs_d, d_ok, ALIGN)
-        accumulator += tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        attended = tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        accumulator = tl.where(in_window[:, None], accumulator + attended, accumulator)
         if HAS_REL:
             # bucket_acc[i, b] += Σ_j p[i, j] over the keys j with clip(j − i, −R, R) + R = b.
             index = _clip(cols[None, :] - rows[:, None], radius_v)
@@ -204,8 +210,10 @@ def windowed_attention_kernel(
     num_heads,
     num_frames,
     head_dim,
-    window,
+    length,
     stride,
+    n_regular,
+    has_tail,
     pyramid,
     qk_scale,
     blend,
@@ -231,8 +239,9 @@ def windowed_attention_kernel(
 ):
     """Grid ``(cdiv(N·H, SEQS_PER_PROGRAM),)``; every program fuses ``SEQS_PER_PROGRAM`` sequences.
 
-    ``qk_scale`` is ``scale · log2(e)``; ``window``/``stride``/``pyramid`` follow
-    :mod:`zs_kernels.frames`. ``rel_*_ptr`` point at the effective tables of ``2 radius + 1`` rows.
+    ``qk_scale`` is ``softmax_scale · log2(e)``; ``length``, ``stride``, ``n_regular`` and
+    ``has_tail`` are :func:`zs_kernels.frames.windows`' layout, ``pyramid`` selects the weights.
+    ``rel_*_ptr`` point at the effective tables of ``2 radius + 1`` rows.
     With ``DUAL`` the result is ``(1 − blend)·o + blend·ô`` (= ``o + blend·(ô − o)``).
     """
     offs_d = tl.arange(0, BLOCK_D)
@@ -241,11 +250,6 @@ def windowed_attention_kernel(
         factor = 1.0 - blend
     else:
         factor = 1.0
-
-    # Window layout (identical to zs_kernels.frames.window_starts): F <= W is one window [0, F).
-    length = tl.minimum(window, num_frames)
-    n_regular = (num_frames - length) // stride + 1
-    has_tail = (n_regular - 1) * stride + length < num_frames
 
     for t in tl.static_range(SEQS_PER_PROGRAM):
         sequence = tl.program_id(0).to(tl.int64) * SEQS_PER_PROGRAM + t
@@ -304,23 +308,9 @@ def windowed_attention_kernel(
 # --- configurations -----------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """Launch parameters that do not change the result: query rows per block, sequences per
-    program, warps, pipeline stages."""
-
-    block_m: int = 16
-    seqs_per_program: int = 1
-    num_warps: int = 4
-    num_stages: int = 1
-
-    def __post_init__(self):
-        if self.block_m not in (16, 32, 64):
-            raise ValueError(f"block_m must be 16, 32 or 64 (tl.dot needs >= 16), got {self.block_m}")
-        if self.seqs_per_program < 1:
-            raise ValueError(f"seqs_per_program must be >= 1, got {self.seqs_per_program}")
-        if self.num_warps not in (1, 2, 4, 8):
-            raise ValueError(f"num_warps must be 1, 2, 4 or 8, got {self.num_warps}")
+def launch_config(block_m: int, seqs_per_program: int = 1, num_warps: int = 4) -> LaunchConfig:
+    """Query rows per block (``BLOCK_M``, >= 16 for ``tl.dot``) and sequences per program."""
+    return LaunchConfig.of(block_m=block_m, seqs=seqs_per_program, num_warps=num_warps, num_stages=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,39 +327,34 @@ class Blocks:
 
 # Shipped launch configurations per (BLOCK_D, BLOCK_W) and feature set: the only ones ever
 # launched, the autotuner's search space, and what compile_check builds. Chosen from the
-# ahead-of-time builds (scalar loads, the worst case) so that none spills: head dims above 64
-# need 8 warps; the relative-position variants only fit the 64-wide head-dim tile with 16-frame
-# windows, and the dual pass does not fit D > 128 with windows longer than 16 frames. Missing
+# ahead-of-time builds so that none spills: head dims above 64 need 8 warps; the relative-position
+# variants only fit the 64-wide head-dim tile with 16-frame windows, and the dual pass does not
+# fit D > 128 with windows longer than 16 frames. (ptxas caps the 32-row, 32-frame, 64-wide tile
+# at 128 registers with 8 warps and spills; with 4 warps it takes 184 and does not.) Missing
 # entries make the launcher raise (see `windowed_attention`).
 CANDIDATES = {
     (64, 16): {
-        "plain": (Config(16), Config(32), Config(64, num_warps=8), Config(16, seqs_per_program=2, num_warps=8)),
-        "dual": (Config(16), Config(64, num_warps=8)),
-        "rpe": (Config(16, num_warps=8),),
-        "rpe+dual": (Config(16, num_warps=8),),
+        "plain": (
+            launch_config(16), launch_config(32), launch_config(64, num_warps=8),
+            launch_config(16, seqs_per_program=2, num_warps=8),
+        ),
+        "dual": (launch_config(16), launch_config(64, num_warps=8)),
+        "rpe": (launch_config(16, num_warps=8),),
+        "rpe+dual": (launch_config(16, num_warps=8),),
     },
-    (64, 32): {"plain": (Config(16), Config(32, num_warps=8)), "dual": (Config(32, num_warps=8),)},
-    (128, 16): {"plain": (Config(16), Config(32, num_warps=8)), "dual": (Config(16), Config(32, num_warps=8))},
-    (128, 32): {"plain": (Config(16, num_warps=8), Config(32, num_warps=8)),
-                "dual": (Config(16, num_warps=8), Config(32, num_warps=8))},
-    (256, 16): {"plain": (Config(16, num_warps=8),), "dual": (Config(16, num_warps=8),)},
-    (256, 32): {"plain": (Config(16, num_warps=8),)},
+    (64, 32): {"plain": (launch_config(16), launch_config(32)), "dual": (launch_config(32, num_warps=8),)},
+    (128, 16): {
+        "plain": (launch_config(16), launch_config(32, num_warps=8)),
+        "dual": (launch_config(16), launch_config(32, num_warps=8)),
+    },
+    (128, 32): {"plain": (launch_config(16, num_warps=8), launch_config(32, num_warps=8)),
+                "dual": (launch_config(16, num_warps=8), launch_config(32, num_warps=8))},
+    (256, 16): {"plain": (launch_config(16, num_warps=8),), "dual": (launch_config(16, num_warps=8),)},
+    (256, 32): {"plain": (launch_config(16, num_warps=8),)},
 }
-# Window tiles: W = 14, 16 → 16; W = 24 (and anything up to MAX_WINDOW_LENGTH) → 32.
-BLOCK_WS = (16, 32)
 
-_pinned: Optional[Config] = None
-
-
-@contextlib.contextmanager
-def use_config(config: Config) -> Iterator[Config]:
-    """Pin ``config`` for every launch inside the block (tests reach the kernel through ops)."""
-    global _pinned
-    previous, _pinned = _pinned, config
-    try:
-        yield config
-    finally:
-        _pinned = previous
+# Chooses among the pruned candidates on CUDA; `AUTOTUNER.pinned(config)` forces one (tests).
+AUTOTUNER = Autotuner()
 
 
 def _next_power_of_2(value: int, minimum: int) -> int:
@@ -396,71 +381,44 @@ def blocks_for(num_frames: int, head_dim: int, window: int, radius: int, dual: b
     )
 
 
-def alignment(tensors) -> int:
-    """Elements per 16 bytes if every tensor's rows start 16-byte aligned with a unit head-dim
-    stride (the layouts the model produces), else 1. Relative tables are always read unhinted."""
-    size = tensors[0].element_size()
-    vector = 16 // size
-    for tensor in tensors:
-        if tensor.data_ptr() % 16 or tensor.stride(-1) != 1:
-            return 1
-        if any(tensor.stride(axis) % vector for axis in range(tensor.dim() - 1)):
-            return 1
-    return vector
-
-
 def features(blocks: Blocks) -> str:
     """``"plain"``, ``"dual"``, ``"rpe"`` or ``"rpe+dual"``."""
     return "+".join(name for name, on in (("rpe", blocks.has_rel), ("dual", blocks.dual)) if on) or "plain"
 
 
-def shipped_configs(blocks: Blocks) -> tuple[Config, ...]:
+def shipped_configs(blocks: Blocks) -> tuple[LaunchConfig, ...]:
     """Every configuration shipped for this tile shape and feature set (possibly none)."""
     return CANDIDATES[(blocks.block_d, blocks.block_w)].get(features(blocks), ())
 
 
-def candidate_configs(num_frames: int, blocks: Blocks) -> list[Config]:
-    """Shipped configurations worth trying (pruned): query blocks no taller than the padded
-    sequence, several sequences per program only for short sequences (F <= 16)."""
+def candidate_configs(num_frames: int, blocks: Blocks) -> list[LaunchConfig]:
+    """The shipped configurations worth trying, preferred first.
+
+    Pruned: query blocks no taller than the padded sequence, several sequences per program only
+    for short sequences (F <= 16). First comes the tallest one-sequence query block of at most 32
+    rows (64 from F = 128 on): taller blocks re-read fewer K/V rows across blocks, and it is what
+    runs where nothing is timed (the interpreter).
+    """
     tallest = _next_power_of_2(num_frames, 16)
-    return [
+    pruned = [
         config
         for config in shipped_configs(blocks)
-        if config.block_m <= tallest and (config.seqs_per_program == 1 or num_frames <= 16)
+        if config["block_m"] <= tallest and (config["seqs"] == 1 or num_frames <= 16)
     ]
-
-
-def heuristic_config(num_frames: int, blocks: Blocks) -> Config:
-    """Default: the tallest one-sequence query block among the candidates, at most 32 rows
-    (taller blocks re-read fewer K/V rows across blocks; 64 rows only pays off for long F)."""
+    if not pruned:
+        return []
     limit = 64 if num_frames >= 128 else 32
-    fitting = [
-        config
-        for config in candidate_configs(num_frames, blocks)
-        if config.seqs_per_program == 1 and config.block_m <= limit
-    ]
-    return max(fitting, key=lambda config: config.block_m)
+    preferred = max(
+        (config for config in pruned if config["seqs"] == 1 and config["block_m"] <= limit),
+        key=lambda config: config["block_m"],
+    )
+    return [preferred] + [config for config in pruned if config != preferred]
 
 
-_tuned: dict = {}
-
-
-def _autotuned_config(args: dict, num_frames: int, blocks: Blocks) -> Config:
-    """On CUDA: time every candidate once per problem key and keep the fastest."""
-    key = (num_frames, args["q_ptr"].dtype, blocks)
-    if key not in _tuned:
-        timings = {
-            config: triton.testing.do_bench(lambda config=config: _launch(args, blocks, config), warmup=5, rep=20)
-            for config in candidate_configs(num_frames, blocks)
-        }
-        _tuned[key] = min(timings, key=timings.get)
-    return _tuned[key]
-
-
-def launch_grid(num_sequences: int, config: Config) -> tuple[int, int, int]:
+def launch_grid(num_sequences: int, config: LaunchConfig) -> tuple[int, int, int]:
     """Grid for ``num_sequences = N·H`` sequences: all on axis 0 (CUDA limit 2³¹ − 1); axes 1 and 2
     (limit 65,535) stay 1."""
-    programs = triton.cdiv(num_sequences, config.seqs_per_program)
+    programs = triton.cdiv(num_sequences, config["seqs"])
     if programs > MAX_GRID_X:
         raise ValueError(f"{num_sequences} sequences need {programs} programs, above CUDA's grid limit {MAX_GRID_X}")
     return (programs, 1, 1)
@@ -482,14 +440,14 @@ def _effective_table(table: Optional[torch.Tensor], length: int, like: torch.Ten
     return table[radius - effective : radius + effective + 1], effective
 
 
-def _launch(args: dict, blocks: Blocks, config: Config) -> None:
+def _launch(args: dict, blocks: Blocks, config: LaunchConfig) -> None:
     windowed_attention_kernel[launch_grid(args["num_sequences"], config)](
         **args,
-        BLOCK_M=config.block_m,
+        BLOCK_M=config["block_m"],
         BLOCK_W=blocks.block_w,
         BLOCK_D=blocks.block_d,
         BLOCK_R=blocks.block_r,
-        SEQS_PER_PROGRAM=config.seqs_per_program,
+        SEQS_PER_PROGRAM=config["seqs"],
         HAS_REL=blocks.has_rel,
         DUAL=blocks.dual,
         ALIGN=blocks.align,
@@ -512,7 +470,7 @@ def _stride_args(**tensors) -> dict:
 def unsupported_reason(q, window, rel_k=None, rel_v=None, corrected=None) -> Optional[str]:
     """Why this kernel cannot run a (validated) problem, or None if it can.
 
-    A dispatcher can call this to fall back to the torch path instead of raising.
+    The public op calls this under ``backend="auto"`` to fall back to the torch path instead of raising.
     """
     if q.dtype not in _SUPPORTED_DTYPES:
         return f"the Triton windowed attention supports float16, bfloat16 and float32, got {q.dtype}"
@@ -536,15 +494,11 @@ def unsupported_reason(q, window, rel_k=None, rel_v=None, corrected=None) -> Opt
     return None
 
 
-def windowed_attention(
-    q, k, v, window, stride, weighting, scale, rel_k, rel_v, corrected, blend, *,
-    config: Optional[Config] = None, autotune: bool = False,
-) -> torch.Tensor:
-    """Fused windowed attention of ``q, k, v [N, H, F, D]`` (arguments validated by :mod:`zs_kernels.ops`).
+def windowed_attention(q, k, v, window, stride, weighting, softmax_scale, rel_k, rel_v, corrected, blend):
+    """Fused windowed attention of ``q, k, v [N, H, F, D]`` (arguments validated by the public op).
 
     Returns ``torch.empty_like(q)`` filled with the result: ``[N, H, F, D]``, ``q``'s dtype. The
-    launch configuration is ``config`` if given, else the one pinned by :func:`use_config`, else
-    (CUDA with ``autotune=True``) the fastest candidate, else :func:`heuristic_config`.
+    launch configuration comes from :data:`AUTOTUNER` over :func:`candidate_configs`.
 
     Raises:
         TypeError for float64 inputs; ValueError for ``D > 256``, ``min(W, F) > 32``, relative
@@ -556,38 +510,37 @@ def windowed_attention(
         error = TypeError if q.dtype not in _SUPPORTED_DTYPES else ValueError
         raise error(f"{reason}; use backend='torch'")
     batch, num_heads, num_frames, head_dim = q.shape
-    length = min(window, num_frames)
+    layout = frames.windows(num_frames, window, stride)
     out = torch.empty_like(q)
     if out.numel() == 0:
         return out
     has_rel = rel_k is not None or rel_v is not None
     radius = -1
     if has_rel:
-        rel_k, radius_k = _effective_table(rel_k, length, q)
-        rel_v, radius_v = _effective_table(rel_v, length, q)
+        rel_k, radius_k = _effective_table(rel_k, layout.length, q)
+        rel_v, radius_v = _effective_table(rel_v, layout.length, q)
         radius = max(radius_k, radius_v)
     else:
         # Never read (HAS_REL is off); any tensor of the right dtype fills the pointer slots.
         rel_k, radius_k, rel_v, radius_v = q[0, 0], 0, q[0, 0], 0
     q_hat, k_hat, v_hat = (q, k, v) if corrected is None else corrected
-    align = alignment((q, k, v, q_hat, k_hat, v_hat, out))
+    align = vector_alignment((q, k, v, q_hat, k_hat, v_hat, out))
     blocks = blocks_for(num_frames, head_dim, window, radius, corrected is not None, align)
     args = dict(
         q_ptr=q, k_ptr=k, v_ptr=v, q_hat_ptr=q_hat, k_hat_ptr=k_hat, v_hat_ptr=v_hat, out_ptr=out,
         rel_k_ptr=rel_k, rel_v_ptr=rel_v,
         num_sequences=batch * num_heads, num_heads=num_heads, num_frames=num_frames, head_dim=head_dim,
-        window=window, stride=stride, pyramid=int(weighting == "pyramid"), qk_scale=scale * _LOG2_E,
+        length=layout.length, stride=layout.stride, n_regular=layout.regular, has_tail=int(layout.tail),
+        pyramid=int(weighting == "pyramid"), qk_scale=softmax_scale * _LOG2_E,
         blend=0.0 if blend is None else blend, radius_k=radius_k, radius_v=radius_v,
         **_stride_args(q=q, k=k, v=v, q_hat=q_hat, k_hat=k_hat, v_hat=v_hat, o=out, rel_k=rel_k, rel_v=rel_v),
     )
-    if config is None:
-        config = _pinned
-    if config is None:
-        config = (
-            _autotuned_config(args, num_frames, blocks)
-            if autotune and q.is_cuda
-            else heuristic_config(num_frames, blocks)
-        )
+    config = AUTOTUNER.choose(
+        (num_frames, q.dtype, q.device, blocks),
+        candidate_configs(num_frames, blocks),
+        lambda config: _launch(args, blocks, config),
+        q.device,
+    )
     _launch(args, blocks, config)
     return out
 
@@ -600,37 +553,22 @@ def load_traffic(num_frames: int, window: int, stride: int, block_m: int) -> dic
     ``min(W, F)`` rows once per query block the window intersects, so ``kv / F`` is the L1/L2
     re-read factor; DRAM sees each row once when the re-reads hit in cache.
     """
-    length = min(window, num_frames)
-    starts = frames.window_starts(num_frames, window, stride)
+    layout = frames.windows(num_frames, window, stride)
     kv_rows = 0
     for m0 in range(0, num_frames, block_m):
         m1 = min(m0 + block_m, num_frames)
-        kv_rows += length * sum(1 for start in starts if start < m1 and start + length > m0)
+        kv_rows += layout.length * sum(1 for start in layout.starts if start < m1 and start + layout.length > m0)
     return {"q": num_frames, "kv": kv_rows, "out": num_frames}
 
 
 # --- ahead-of-time builds -----------------------------------------------------------------------
 
 
-def _signature(dtype: str) -> dict:
-    signature = {}
-    for name in windowed_attention_kernel.arg_names:
-        if name.endswith("_ptr"):
-            signature[name] = f"*{dtype}"
-        elif name in ("qk_scale", "blend"):
-            signature[name] = "fp32"
-        elif name.isupper():
-            signature[name] = "constexpr"
-        else:
-            signature[name] = "i32"
-    return signature
-
-
-def build_label(blocks: Blocks, config: Config) -> str:
+def build_label(blocks: Blocks, config: LaunchConfig) -> str:
     """The compile_check label of the kernel a launch with ``blocks`` and ``config`` runs."""
     return (
-        f"M{config.block_m} W{blocks.block_w} D{blocks.block_d} R{blocks.block_r} A{blocks.align} "
-        f"S{config.seqs_per_program} w{config.num_warps} {features(blocks)}"
+        f"M{config['block_m']} W{blocks.block_w} D{blocks.block_d} R{blocks.block_r} A{blocks.align} "
+        f"S{config['seqs']} w{config.num_warps} {features(blocks)}"
     )
 
 
@@ -643,7 +581,7 @@ def aot_configurations(dtype: str):
     ``i32`` and pointers without alignment hints, so loads are scalar here: a worst case for
     registers compared to a real launch, whose 16-byte-aligned pointers let Triton vectorise them.
     """
-    signature = _signature(dtype)
+    signature = aot_signature(windowed_attention_kernel, dtype, floats=("qk_scale", "blend"))
     vector = 4 if dtype == "fp32" else 8
     for block_d, block_w in CANDIDATES:
         for has_rel in (False, True):
@@ -652,8 +590,8 @@ def aot_configurations(dtype: str):
                     blocks = Blocks(block_w, block_d, 2 * block_w if has_rel else 16, has_rel, dual, align)
                     for config in shipped_configs(blocks):
                         constexprs = dict(
-                            BLOCK_M=config.block_m, BLOCK_W=blocks.block_w, BLOCK_D=blocks.block_d,
-                            BLOCK_R=blocks.block_r, SEQS_PER_PROGRAM=config.seqs_per_program,
+                            BLOCK_M=config["block_m"], BLOCK_W=blocks.block_w, BLOCK_D=blocks.block_d,
+                            BLOCK_R=blocks.block_r, SEQS_PER_PROGRAM=config["seqs"],
                             HAS_REL=has_rel, DUAL=dual, ALIGN=align,
                         )
                         yield KernelConfiguration(

@@ -1,4 +1,5 @@
-"""SPEC §3 and §5: frame operators, their closed-form back-projection, windows and weights."""
+"""SPEC §3 and §5: frame operators, pseudo-inverses, box groups, windows and fusion weights
+(:mod:`zs_kernels.frames`, the math every backend shares)."""
 
 import pytest
 import torch
@@ -6,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import zs_kernels
-from zs_kernels import frames, reference
+from zs_kernels import frames
 
 SCALES = (2, 3, 4)
 KEY_FRAME_COUNTS = (1, 2, 7, 16)
@@ -24,24 +25,6 @@ def test_pseudo_inverse_is_moore_penrose_and_right_inverse(kind, scale, num_key_
     torch.testing.assert_close(operator @ inverse, torch.eye(num_key_frames, dtype=torch.float64), rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("kind", frames.OPERATOR_KINDS)
-@pytest.mark.parametrize("scale", SCALES)
-@pytest.mark.parametrize("num_key_frames", KEY_FRAME_COUNTS)
-@pytest.mark.parametrize("backend", ["torch", "reference"])
-def test_back_project_equals_dense_pinv_formula(kind, scale, num_key_frames, backend):
-    """Closed forms (torch path) and the dense oracle both equal (I − A⁺A)x + A⁺y with A⁺ = pinv(A)."""
-    x = torch.randn(2, scale * num_key_frames, 3, 5, dtype=torch.float64)
-    y = torch.randn(2, num_key_frames, 3, 5, dtype=torch.float64)
-    operator = zs_kernels.frame_operator(kind, num_key_frames, scale)
-    inverse = torch.linalg.pinv(operator)
-    projector = torch.eye(scale * num_key_frames, dtype=torch.float64) - inverse @ operator
-    expected = torch.einsum("fg,bglc->bflc", projector, x) + torch.einsum("fi,bilc->bflc", inverse, y)
-    result = zs_kernels.back_project(x, y, kind, scale, frame_dim=1, backend=backend)
-    torch.testing.assert_close(result, expected, rtol=0, atol=1e-12)
-    # The corrected tensor maps onto the key frames exactly: A x̂ = y.
-    torch.testing.assert_close(torch.einsum("if,bflc->bilc", operator, result), y, rtol=0, atol=1e-12)
-
-
 def test_operators_match_paper_equations_for_scale_two():
     """Eq. 7–8: A_1 row 0 is e_0, row i ≥ 1 is ½(e_{2i−1} + e_{2i}); A_2 row i is ½(e_{2i} + e_{2i+1})."""
     t0 = 5
@@ -57,26 +40,35 @@ def test_operators_match_paper_equations_for_scale_two():
             torch.testing.assert_close(left[i], 0.5 * (eye[2 * i - 1] + eye[2 * i]))
 
 
-def test_box_left_leaves_trailing_frames_untouched():
-    x = torch.randn(1, 12, 2, dtype=torch.float64)
-    y = torch.randn(1, 4, 2, dtype=torch.float64)
-    result = zs_kernels.back_project(x, y, "box_left", 3, frame_dim=1)
-    torch.testing.assert_close(result[:, 10:], x[:, 10:], rtol=0, atol=0)
-    torch.testing.assert_close(result[:, 0], y[:, 0])
-
-
-@pytest.mark.parametrize("frame_dim", [0, 2, -1])
-def test_back_project_along_any_frame_dim(frame_dim):
-    shape = [4, 5, 6]
-    shape[frame_dim] = 6
-    key_shape = list(shape)
-    key_shape[frame_dim] = 3
-    x = torch.randn(shape, dtype=torch.float64)
-    y = torch.randn(key_shape, dtype=torch.float64)
-    for kind in frames.OPERATOR_KINDS:
-        expected = reference.back_project(x.movedim(frame_dim, 1), y.movedim(frame_dim, 1), kind, 2, frame_dim=1)
-        result = zs_kernels.back_project(x, y, kind, 2, frame_dim=frame_dim)
-        torch.testing.assert_close(result, expected.movedim(1, frame_dim), rtol=0, atol=1e-12)
+@pytest.mark.parametrize("kind", frames.OPERATOR_KINDS)
+@pytest.mark.parametrize("scale", (2, 3, 4, 9))
+@pytest.mark.parametrize("num_key_frames", KEY_FRAME_COUNTS)
+def test_box_groups_tile_the_frames_and_hold_the_boxes(kind, scale, num_key_frames):
+    """The groups the fast paths tile by: every frame in exactly one group, key frame n·g in
+    group g, each box inside its group, the whole groups full and consecutive, and only
+    box_left's extra group outside every box."""
+    groups = frames.box_groups(kind, num_key_frames, scale)
+    spans = [groups.span(g) for g in range(groups.count)]
+    assert [frame for start, stop in spans for frame in range(start, stop)] == list(range(scale * num_key_frames))
+    boxes = frames.box_ranges(kind, num_key_frames, scale)
+    assert groups.boxes == num_key_frames == len(boxes)
+    for g, ((start, stop), (box_start, box_stop)) in enumerate(zip(spans, boxes)):
+        assert start <= scale * g < stop
+        assert start <= box_start < box_stop <= stop
+        if kind != "sample":
+            assert (box_start, box_stop) == (start, stop)
+    whole = groups.whole
+    assert whole.stop == groups.boxes and all(groups.span(g)[1] - groups.span(g)[0] < scale for g in range(whole.start))
+    run = [frame for g in whole for frame in range(*groups.span(g))]
+    first = groups.span(whole.start)[0] if len(whole) else 0
+    assert run == list(range(first, first + scale * len(whole)))
+    in_boxes = {frame for start, stop in boxes for frame in range(start, stop)}
+    extra = [frame for start, stop in spans[groups.boxes :] for frame in range(start, stop)]
+    if kind == "box_left":
+        assert extra == list(range(scale * num_key_frames - scale + 1, scale * num_key_frames))
+        assert not in_boxes & set(extra)
+    else:
+        assert extra == []
 
 
 @pytest.mark.parametrize(
@@ -112,6 +104,10 @@ def test_window_starts_cover_every_frame_within_bounds(num_frames, window, data)
     assert covered == set(range(num_frames))
     regular = [start for start in starts if start % stride == 0]
     assert regular == list(range(0, stride * len(regular), stride))
+    layout = frames.windows(num_frames, window, stride)
+    assert layout.length == length and layout.regular + layout.tail == len(starts)
+    assert layout.starts[: layout.regular] == list(range(0, stride * layout.regular, stride))
+    assert not layout.tail or starts[-1] == num_frames - length
 
 
 def test_window_weights():

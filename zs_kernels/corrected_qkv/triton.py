@@ -23,16 +23,17 @@ intensity (fp16) is 3·t·C / 238 ≈ 0.35·C FLOP/byte — 113, 226, 452 at C =
 against a ridge of ≈ 150 (A100) and ≈ 295 (H100) FLOP/byte, so levels with C ≥ 640 are already
 compute-bound, where 1.83× the work would cost up to 1.83× the time. Hence the epilogue: 0.50× the
 unfused bytes (goal ≤ 0.6) and exactly the fused minimum — no element is read from or written to
-DRAM twice (weights, ≤ 9.8 MB, stay in L2). ``pytest bench/bench_qkv_correction.py -s`` prints the
-full table at SVD sizes (e.g. level 0, B = 2, fp16: 2808 MB vs 5616 MB unfused).
+DRAM twice (weights, ≤ 9.8 MB, stay in L2). ``pytest bench/bench_corrected_qkv.py`` prints the
+modelled table at SVD sizes (e.g. level 0, B = 2, fp16: 2808 MB vs 5616 MB unfused).
 
 Tiling: frame groups × tokens on the M axis
 -------------------------------------------
 The box correction of a projection element needs the mean over the frames of its box, so a
 program's M tile holds whole boxes: ``BLOCK_M = SLOTS · BLOCK_L`` rows, row ``r`` being frame
-``first + r // BLOCK_L`` of one *frame group* and token ``l0 + r % BLOCK_L``. A group is the run
-of ``n`` frames ``n·g − offset … n·g − offset + n − 1`` (``offset = n − 1`` for ``box_left``,
-else 0); frames outside ``[0, t)`` are masked, which yields exactly the operators' boxes:
+``first + r // BLOCK_L`` of one *frame group* and token ``l0 + r % BLOCK_L``. The groups are
+:func:`zs_kernels.frames.box_groups` of ``kv_kind``: the run of ``n`` frames ``first_frame + n·g
+… first_frame + n·g + n − 1`` (``first_frame = 1 − n`` for ``box_left``, else 0); frames outside
+``[0, t)`` are masked, which yields exactly the operators' boxes:
 
 * ``box_right`` / ``sample``: groups ``g = 0 … t0−1`` are the boxes ``n·g … n·g + n − 1``;
 * ``box_left``: group 0 is frame 0 alone, groups ``1 … t0−1`` are ``n(g−1)+1 … n·g``, and group
@@ -56,45 +57,27 @@ the loop (per-element addresses are transient), which is what keeps the register
 Configurations: launches whose pointers are 16-byte aligned and whose channel counts and strides
 are multiples of 16 (C ∈ {320, 640, 1280} in either layout) use :data:`ALIGNED_CONFIGS` —
 vectorised, software-pipelined loads; all others (odd sizes, offset views) load element by element
-and use the smaller :data:`GENERIC_CONFIGS`. :func:`_select_config` prunes tiles larger than the
-problem and, on CUDA, times the survivors once per problem key (autotune); :func:`pinned_config`
-pins one for tests. :func:`aot_configurations` yields every shipped variant, built the way its
-launches are specialised, for :mod:`zs_kernels.compile_check`.
+and use the smaller :data:`GENERIC_CONFIGS`. The launcher prunes tiles larger than the problem
+and :data:`AUTOTUNER` picks among the survivors (timed once per problem key on CUDA;
+``AUTOTUNER.pinned`` pins one for tests). :func:`aot_configurations` yields every shipped
+variant, built the way its launches are specialised, for :mod:`zs_kernels.compile_check`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-
 import torch
 import triton
 import triton.language as tl
-from triton.testing import do_bench
 
-from .. import layout
-from ..compile_check import KernelConfiguration
+from .. import frames
+from .._triton_common import Autotuner, KernelConfiguration, LaunchConfig, aot_signature, vector_alignment
+from . import layout
 
-_KV_KIND_OFFSET = {"sample": 0, "box_left": 1, "box_right": 0}  # 1: groups shifted by n - 1 frames
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """One launch configuration: the M tile (``block_m`` = frame slots × tokens), N and K tiles."""
-
-    block_m: int
-    block_n: int
-    block_k: int
-    num_warps: int
-    num_stages: int
-
-    @property
-    def label(self) -> str:
-        return f"m{self.block_m}_n{self.block_n}_k{self.block_k}_w{self.num_warps}_s{self.num_stages}"
-
-    def slots(self, scale: int) -> int:
-        """Frame slots per M tile: the group's frames rounded up to a power of two, ≤ ``MAX_SLOTS``."""
-        return min(triton.next_power_of_2(scale), MAX_SLOTS)
+def launch_config(block_m: int, block_n: int, block_k: int, num_warps: int, num_stages: int) -> LaunchConfig:
+    """The M tile (``block_m`` = frame slots × tokens), the N and K tiles."""
+    return LaunchConfig.of(
+        block_m=block_m, block_n=block_n, block_k=block_k, num_warps=num_warps, num_stages=num_stages
+    )
 
 
 # Every tl.dot dimension is ≥ 16 (NVIDIA's minimum); each list is ordered by preference.
@@ -102,40 +85,34 @@ class Config:
 # strides multiples of 16 (what Triton's JIT specialises on) — get vectorised, software-pipelined
 # loads and can afford large tiles.
 ALIGNED_CONFIGS = (
-    Config(128, 128, 32, 8, 3),
-    Config(64, 128, 32, 4, 3),
-    Config(64, 64, 64, 4, 3),
+    launch_config(128, 128, 32, 8, 3),
+    launch_config(64, 128, 32, 4, 3),
+    launch_config(64, 64, 64, 4, 3),
 )
 # Any other launch (odd channel counts, unaligned views) loads element by element, so its address
 # registers cap the tile size.
 GENERIC_CONFIGS = (
-    Config(64, 64, 32, 8, 2),
-    Config(32, 32, 32, 4, 2),
+    launch_config(64, 64, 32, 8, 2),
+    launch_config(32, 32, 32, 4, 2),
 )
 # Frame slots of one M tile: scales 2, 3–4, 5–8 fit one tile; larger scales run in chunks of 8 frames.
 MAX_SLOTS = 8
 
 _POINTER_ARGS = ("h_ptr", "w_ptr", "bias_ptr", "key_ptr", "qkv_ptr", "hat_ptr")
 _UNIT_STRIDE_ARGS = ("stride_hc", "stride_wc", "stride_kc")
-# Arguments an aligned launch guarantees to be multiples of 16 (bytes for pointers).
-_ALIGNED_ARGS = _POINTER_ARGS + (
+# Integer arguments an aligned launch guarantees to be multiples of 16 (pointers: 16 bytes).
+_ALIGNED_INTEGERS = (
     "channels", "box_from", "columns", "stride_hb", "stride_ht", "stride_hl", "stride_wn",
     "stride_kb", "stride_kt", "stride_kl", "stride_ob", "stride_ot", "stride_ol",
 )
 
-_pinned: Config | None = None
-_tuned: dict[tuple, Config] = {}
+# Chooses among the pruned candidates on CUDA; `AUTOTUNER.pinned(config)` forces one (tests).
+AUTOTUNER = Autotuner()
 
 
-@contextlib.contextmanager
-def pinned_config(config: Config):
-    """Run every launch inside the ``with`` block with ``config`` (tests, benchmarks)."""
-    global _pinned
-    previous, _pinned = _pinned, config
-    try:
-        yield
-    finally:
-        _pinned = previous
+def slots(scale: int) -> int:
+    """Frame slots per M tile: a group's ``scale`` frames rounded up to a power of two, ≤ :data:`MAX_SLOTS`."""
+    return min(triton.next_power_of_2(scale), MAX_SLOTS)
 
 
 @triton.jit
@@ -194,9 +171,9 @@ def _correct(value, shift, is_key_row, box_col, SLOTS: tl.constexpr, BLOCK_L: tl
 
 
 @triton.jit
-def qkv_correction_kernel(
+def corrected_qkv_kernel(
     h_ptr, w_ptr, bias_ptr, key_ptr, qkv_ptr, hat_ptr,
-    tokens, frames, key_frames, groups, channels, box_from, bias_columns, columns, scale, offset,
+    tokens, frames, key_frames, groups, channels, box_from, bias_columns, columns, scale, first_frame,
     stride_hb, stride_ht, stride_hl, stride_hc,
     stride_wn, stride_wc,
     stride_kb, stride_kt, stride_kl, stride_kc,
@@ -206,9 +183,10 @@ def qkv_correction_kernel(
 ):
     """One program: frame group ``g`` of batch ``b``, tokens ``l0 … l0+BLOCK_L−1``, BLOCK_N columns.
 
-    ``h [B, t, L, C]``, ``w [3 C_out, C]``, ``bias [3 C_out]``, ``key [B, t0, L, 3 C_out]`` with any
-    strides; ``qkv``/``hat`` ``[B, t, L, 3 C_out]`` with unit column stride and shared strides.
-    ``offset`` is 1 for ``box_left`` groups (shifted by ``scale − 1`` frames); columns from
+    ``h [B, t, L, C]``, ``w [3 C_out, C]``, ``key [B, t0, L, 3 C_out]`` with any strides, ``bias
+    [3 C_out]`` contiguous; ``qkv``/``hat`` ``[B, t, L, 3 C_out]`` with unit column stride and shared
+    strides. Group ``g`` starts at frame ``first_frame + scale·g`` (:func:`zs_kernels.frames.box_groups`:
+    ``1 − scale`` for ``box_left``, else 0) and ``groups`` of them tile the frames; columns from
     ``box_from`` on (K and V, or none) use the box operator, the others ``sample``; columns below
     ``bias_columns`` (all, or none) get the bias.
     """
@@ -223,7 +201,7 @@ def qkv_correction_kernel(
     group = rest % groups
     batch = rest // groups
 
-    first = scale * group - offset * (scale - 1)
+    first = first_frame + scale * group
     box_count = (tl.minimum(first + scale, frames) - tl.maximum(first, 0)).to(tl.float32)
     # Only groups below key_frames are boxes (box_left's last group is not). The interpreter
     # rejects masks mixing scalar and tensor booleans, hence a token bound instead of `& has_key`.
@@ -297,21 +275,21 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _fits(config: Config, scale: int, tokens: int, channels: int, columns: int) -> bool:
+def _fits(config: LaunchConfig, scale: int, tokens: int, channels: int, columns: int) -> bool:
     """Whether no tile dimension exceeds the problem's (rounded up to 32): bigger tiles only add masked work."""
-    block_l = config.block_m // config.slots(scale)
+    block_l = config["block_m"] // slots(scale)
     return (
-        config.block_n <= max(32, triton.next_power_of_2(columns))
-        and config.block_k <= max(32, triton.next_power_of_2(channels))
-        and block_l <= max(32 // config.slots(scale), triton.next_power_of_2(tokens))
+        config["block_n"] <= max(32, triton.next_power_of_2(columns))
+        and config["block_k"] <= max(32, triton.next_power_of_2(channels))
+        and block_l <= max(32 // slots(scale), triton.next_power_of_2(tokens))
     )
 
 
 def _arguments(h, key_qkv, weight, bias, scale: int, kv_kind: str, qkv, hat) -> dict:
-    """The kernel's runtime arguments by name (see :func:`qkv_correction_kernel`)."""
-    batch, frames, tokens, channels = h.shape
+    """The kernel's runtime arguments by name (see :func:`corrected_qkv_kernel`)."""
+    batch, num_frames, tokens, channels = h.shape
     columns = weight.shape[0]
-    offset = _KV_KIND_OFFSET[kv_kind]
+    groups = frames.box_groups(kv_kind, num_frames // scale, scale)
     strides = {
         "stride_hb": h.stride(0), "stride_ht": h.stride(1), "stride_hl": h.stride(2), "stride_hc": h.stride(3),
         "stride_wn": weight.stride(0), "stride_wc": weight.stride(1),
@@ -320,69 +298,42 @@ def _arguments(h, key_qkv, weight, bias, scale: int, kv_kind: str, qkv, hat) -> 
         "stride_ob": qkv.stride(0), "stride_ot": qkv.stride(1), "stride_ol": qkv.stride(2),
     }
     return {
-        "h_ptr": h, "w_ptr": weight, "bias_ptr": weight if bias is None else bias, "key_ptr": key_qkv,
+        # The kernel reads the bias with unit stride; a strided view is copied (3·C_out elements).
+        "h_ptr": h, "w_ptr": weight, "bias_ptr": weight if bias is None else bias.contiguous(), "key_ptr": key_qkv,
         "qkv_ptr": qkv, "hat_ptr": hat,
-        "tokens": tokens, "frames": frames, "key_frames": frames // scale, "groups": frames // scale + offset,
+        "tokens": tokens, "frames": num_frames, "key_frames": groups.boxes, "groups": groups.count,
         "channels": channels, "box_from": columns if kv_kind == "sample" else columns // 3,
         "bias_columns": 0 if bias is None else columns, "columns": columns,
-        "scale": scale, "offset": offset, **strides,
+        "scale": scale, "first_frame": groups.first, **strides,
     }
 
 
 def _aligned(arguments: dict) -> bool:
     """Whether a launch meets the alignment the :data:`ALIGNED_CONFIGS` variants are built for."""
-    return all(arguments[name] == 1 for name in _UNIT_STRIDE_ARGS) and all(
-        (arguments[name].data_ptr() if name in _POINTER_ARGS else arguments[name]) % 16 == 0
-        for name in _ALIGNED_ARGS
-    )
+    tensors = [arguments[name] for name in _POINTER_ARGS]
+    return vector_alignment(tensors, [arguments[name] for name in _ALIGNED_INTEGERS]) > 1
 
 
-def _launch(config: Config, arguments: dict) -> None:
+def _launch(config: LaunchConfig, arguments: dict) -> None:
     """Launch the kernel with ``config`` on one axis-0 program per (batch, group, token block, column block)."""
     scale, tokens, columns = arguments["scale"], arguments["tokens"], arguments["columns"]
-    slots = config.slots(scale)
-    block_l = config.block_m // slots
+    frame_slots = slots(scale)
+    block_l = config["block_m"] // frame_slots
     batch = arguments["h_ptr"].shape[0]
-    grid = (batch * arguments["groups"] * triton.cdiv(tokens, block_l) * triton.cdiv(columns, config.block_n),)
+    grid = (batch * arguments["groups"] * triton.cdiv(tokens, block_l) * triton.cdiv(columns, config["block_n"]),)
     if grid[0] == 0:
         return
-    qkv_correction_kernel[grid](
+    corrected_qkv_kernel[grid](
         **arguments,
-        SINGLE_CHUNK=slots >= scale,
-        SLOTS=slots,
+        SINGLE_CHUNK=frame_slots >= scale,
+        SLOTS=frame_slots,
         BLOCK_L=block_l,
-        BLOCK_N=config.block_n,
-        BLOCK_K=config.block_k,
+        BLOCK_N=config["block_n"],
+        BLOCK_K=config["block_k"],
         DOT_PRECISION=_dot_precision(arguments["h_ptr"].dtype),
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
-
-
-def _can_time(tensor: torch.Tensor) -> bool:
-    """Whether candidate configurations can be timed on ``tensor``'s device (not the interpreter)."""
-    return tensor.is_cuda
-
-
-def _select_config(arguments: dict) -> Config:
-    """The pinned configuration, else the best of the pruned candidates for this launch's
-    alignment: the first on the interpreter, the fastest (timed once per problem key) on CUDA."""
-    if _pinned is not None:
-        return _pinned
-    h = arguments["h_ptr"]
-    family = ALIGNED_CONFIGS if _aligned(arguments) else GENERIC_CONFIGS
-    sizes = (arguments["scale"], arguments["tokens"], arguments["channels"], arguments["columns"])
-    candidates = [config for config in family if _fits(config, *sizes)] or [family[-1]]
-    if len(candidates) == 1 or not _can_time(h):
-        return candidates[0]
-    key = (h.dtype, tuple(h.shape), h.stride(), family, *sizes, arguments["box_from"], arguments["bias_columns"])
-    if key not in _tuned:
-        timings = {
-            config: do_bench(lambda config=config: _launch(config, arguments))
-            for config in candidates
-        }
-        _tuned[key] = min(timings, key=timings.get)
-    return _tuned[key]
 
 
 def corrected_qkv(h, key_qkv, weight, bias, scale: int, kv_kind: str):
@@ -395,7 +346,12 @@ def corrected_qkv(h, key_qkv, weight, bias, scale: int, kv_kind: str):
 
     Returns:
         ``(qkv, qkv_hat)``, each ``[B, t, L, 3 C_out]`` laid out in ``h``'s memory order
-        (:func:`zs_kernels.layout.empty_projection`).
+        (:func:`zs_kernels.corrected_qkv.layout.empty_projection`). The launch configuration is
+        :data:`AUTOTUNER`'s choice among the pruned :data:`ALIGNED_CONFIGS` when the launch is
+        aligned, else among the :data:`GENERIC_CONFIGS`.
+
+    Raises:
+        TypeError for float64 inputs (use ``backend="torch"``).
     """
     if h.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(
@@ -405,37 +361,36 @@ def corrected_qkv(h, key_qkv, weight, bias, scale: int, kv_kind: str):
     qkv = layout.empty_projection(h, weight.shape[0])
     hat = layout.empty_projection(h, weight.shape[0])
     arguments = _arguments(h, key_qkv, weight, bias, scale, kv_kind, qkv, hat)
-    _launch(_select_config(arguments), arguments)
+    family = ALIGNED_CONFIGS if _aligned(arguments) else GENERIC_CONFIGS
+    sizes = (scale, arguments["tokens"], arguments["channels"], arguments["columns"])
+    candidates = [config for config in family if _fits(config, *sizes)] or [family[-1]]
+    key = (h.dtype, h.device, tuple(h.shape), h.stride(), family, *sizes, arguments["box_from"])
+    key += (arguments["bias_columns"],)
+    config = AUTOTUNER.choose(key, candidates, lambda config: _launch(config, arguments), h.device)
+    _launch(config, arguments)
     return qkv, hat
 
 
 def aot_configurations(dtype: str):
     """Every shipped variant: each tile config × (one-tile groups of 2, 4, 8 frame slots, chunked
     groups of 8 slots). :data:`ALIGNED_CONFIGS` are built with the alignment their launches
-    guarantee (unit channel strides, :data:`_ALIGNED_ARGS` multiples of 16); :data:`GENERIC_CONFIGS`
-    with plain ``i32`` integers and no specialisation, the worst case."""
+    guarantee (unit channel strides, pointers and :data:`_ALIGNED_INTEGERS` multiples of 16);
+    :data:`GENERIC_CONFIGS` with plain ``i32`` integers and no specialisation, the worst case."""
     precision = "ieee" if dtype == "fp32" else "tf32"
     for family in (ALIGNED_CONFIGS, GENERIC_CONFIGS):
         aligned = family is ALIGNED_CONFIGS
-        signature, unit_strides = {}, {}
-        for name in qkv_correction_kernel.arg_names:
-            if name in _POINTER_ARGS:
-                signature[name] = f"*{dtype}"
-            elif name.isupper() or (aligned and name in _UNIT_STRIDE_ARGS):
-                signature[name] = "constexpr"
-            else:
-                signature[name] = "i32"
-            if aligned and name in _UNIT_STRIDE_ARGS:
-                unit_strides[name] = 1
+        unit_strides = dict.fromkeys(_UNIT_STRIDE_ARGS, 1) if aligned else {}
+        signature = aot_signature(corrected_qkv_kernel, dtype, constants=tuple(unit_strides))
         for config in family:
-            for slots, single_chunk in ((2, True), (4, True), (MAX_SLOTS, True), (MAX_SLOTS, False)):
+            for frame_slots, single_chunk in ((2, True), (4, True), (MAX_SLOTS, True), (MAX_SLOTS, False)):
                 constexprs = {
-                    **unit_strides, "SINGLE_CHUNK": single_chunk, "SLOTS": slots, "BLOCK_L": config.block_m // slots,
-                    "BLOCK_N": config.block_n, "BLOCK_K": config.block_k, "DOT_PRECISION": precision,
+                    **unit_strides, "SINGLE_CHUNK": single_chunk, "SLOTS": frame_slots,
+                    "BLOCK_L": config["block_m"] // frame_slots, "BLOCK_N": config["block_n"],
+                    "BLOCK_K": config["block_k"], "DOT_PRECISION": precision,
                 }
-                chunked = "" if single_chunk else "_chunked"
-                label = f"{'aligned' if aligned else 'generic'}_{config.label}_slots{slots}{chunked}"
+                chunked = " chunked" if not single_chunk else ""
+                label = f"{'aligned' if aligned else 'generic'} {config.label} slots{frame_slots}{chunked}"
                 yield KernelConfiguration(
-                    qkv_correction_kernel, label, signature, constexprs, config.num_warps, config.num_stages,
-                    divisible_by_16=_ALIGNED_ARGS if aligned else (),
+                    corrected_qkv_kernel, label, signature, constexprs, config.num_warps, config.num_stages,
+                    divisible_by_16=_POINTER_ARGS + _ALIGNED_INTEGERS if aligned else (),
                 )

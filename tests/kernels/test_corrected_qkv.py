@@ -1,0 +1,486 @@
+"""zs_kernels.corrected_qkv on every backend: the torch path and the fused Triton kernel (GEMM +
+back-projection epilogue) against the float64 oracle under the error rule of
+:func:`zs_kernels.testing.assert_within_error_rule`, with outputs allocated NaN-filled so an
+element left unwritten fails; layouts, tiles, non-finite inputs and bad arguments.
+
+The Triton kernel runs compiled on a GPU when there is one, else through the interpreter on CPU
+in fp32 and fp16 (the interpreter's ``tl.dot`` on bf16 returns garbage: bf16 is covered by the
+``-m cuda`` tests and by the ahead-of-time builds of ``test_compile.py``).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import zs_kernels
+from zs_kernels import frames, reference, testing
+from zs_kernels.corrected_qkv import triton as kernel
+
+KINDS = frames.OPERATOR_KINDS
+
+
+def raises(error, *words):
+    """``pytest.raises`` that also requires every word in the message."""
+    return pytest.raises(error, match="(?s)" + "".join(f"(?=.*{re.escape(word)})" for word in words))
+
+
+def make_inputs(batch, key_frames, scale, tokens, channels, c_out, dtype, *, temporal, bias, device="cpu"):
+    """Fresh random ``(h, h_key, weight, bias)``; ``h`` is a strided ``[B, t, L, C]`` view.
+
+    Spatial layout: ``[B·t, L, C]`` viewed as ``[B, t, L, C]``; temporal: ``[B·L, t, C]`` viewed via
+    ``.view(B, L, t, C).permute(0, 2, 1, 3)``. ``h_key [B, t0, L, C]`` is the key branch's input.
+    """
+    num_frames = scale * key_frames
+    if temporal:
+        h = torch.randn(batch * tokens, num_frames, channels, device=device).to(dtype)
+        h = h.view(batch, tokens, num_frames, channels).permute(0, 2, 1, 3)
+    else:
+        h = torch.randn(batch * num_frames, tokens, channels, device=device).to(dtype)
+        h = h.view(batch, num_frames, tokens, channels)
+    h_key = torch.randn(batch, key_frames, tokens, channels, device=device).to(dtype)
+    weight = (torch.randn(3 * c_out, channels, dtype=torch.float64, device=device) / channels**0.5).to(dtype)
+    bias_vector = torch.randn(3 * c_out, device=device).to(dtype) if bias else None
+    return h, h_key, weight, bias_vector
+
+
+def key_projection(h_key, weight, bias):
+    """The key branch's projections, computed in float64 and rounded to the inputs' dtype."""
+    return F.linear(h_key.double(), weight.double(), None if bias is None else bias.double()).to(h_key.dtype)
+
+
+def as_double(*tensors):
+    return [None if tensor is None else tensor.double() for tensor in tensors]
+
+
+def assert_in_memory_order_of(result, h):
+    """``result [B, t, L, 3 C_out]`` is dense with its columns innermost and its leading dims in
+    ``h``'s memory order (ordered by ``h``'s strides; a size-1 dim's stride is immaterial)."""
+    order = sorted(range(3), key=lambda dim: -h.stride(dim) if h.shape[dim] > 1 else 0)
+    step = result.shape[-1]
+    assert result.stride(-1) == 1
+    for dim in reversed(order):
+        assert result.shape[dim] == 1 or result.stride(dim) == step, (result.stride(), h.stride())
+        step *= result.shape[dim]
+
+
+def check(h, key_qkv, weight, bias, scale, kind, *, backend="triton", truths=None):
+    """Run the op on NaN-filled allocations and apply the error rule to both outputs against the
+    float64 oracle (or the given ``truths``); outputs must follow ``h``'s memory order."""
+    with testing.nan_filled_allocations():
+        results = zs_kernels.corrected_qkv(h, key_qkv, weight, bias, scale=scale, kv_kind=kind, backend=backend)
+    if truths is None:
+        truths = reference.corrected_qkv(*as_double(h, key_qkv, weight, bias), scale=scale, kv_kind=kind)
+    baselines = reference.corrected_qkv(h, key_qkv, weight, bias, scale=scale, kv_kind=kind)
+    for name, result, truth, baseline in zip(("qkv", "qkv_hat"), results, truths, baselines):
+        assert result.dtype == h.dtype and result.device == h.device
+        assert_in_memory_order_of(result, h)
+        testing.assert_within_error_rule(result, baseline, truth.to(result.device), name=name)
+    return results
+
+
+# --- the torch path ---------------------------------------------------------------------------
+
+
+def spatial_and_temporal_inputs(batch, num_frames, tokens, channels, dtype):
+    """The same logical [B, t, L, C] tensor as a spatial view ([B·t, L, C]) and a temporal view ([B·L, t, C])."""
+    logical = torch.randn(batch, num_frames, tokens, channels, dtype=dtype)
+    spatial = logical.reshape(batch * num_frames, tokens, channels).view(batch, num_frames, tokens, channels)
+    temporal = logical.transpose(1, 2).reshape(batch * tokens, num_frames, channels)
+    temporal = temporal.view(batch, tokens, num_frames, channels).permute(0, 2, 1, 3)
+    return spatial, temporal
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("kv_kind", KINDS)
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_torch_path_matches_reference(dtype, kv_kind, scale, with_bias):
+    num_key_frames, channels, c_out = 3, 19, 13
+    spatial, temporal = spatial_and_temporal_inputs(2, scale * num_key_frames, 5, channels, dtype)
+    key_qkv = torch.randn(2, num_key_frames, 5, 3 * c_out, dtype=dtype)
+    weight = torch.randn(3 * c_out, channels, dtype=dtype) / channels**0.5
+    bias = torch.randn(3 * c_out, dtype=dtype) if with_bias else None
+    for h in (spatial, temporal):
+        check(h, key_qkv, weight, bias, scale, kv_kind, backend="torch")
+
+
+def test_torch_path_projects_the_temporal_layout_without_copying_h(monkeypatch):
+    """The torch path projects the temporal view in its own memory order: no .contiguous() of h."""
+    _, temporal = spatial_and_temporal_inputs(2, 8, 6, 16, torch.float32)
+    seen = []
+    linear = torch.nn.functional.linear
+
+    def recording_linear(x, *args):
+        seen.append(x.is_contiguous())
+        return linear(x, *args)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", recording_linear)
+    zs_kernels.corrected_qkv(temporal, torch.randn(2, 4, 6, 48), torch.randn(48, 16), scale=2, kv_kind="box_right")
+    assert seen == [True]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unfused_peer_equals_reference(kind):
+    """The benches' unfused peer (correct the inputs, then six projections) is SPEC §4 too."""
+    h, h_key, weight, bias = make_inputs(2, 3, 3, 4, 10, 6, torch.float64, temporal=True, bias=True)
+    plain, corrected = testing.unfused_corrected_qkv(h, h_key, weight, bias, scale=3, kv_kind=kind)
+    qkv, qkv_hat = reference.corrected_qkv(h, F.linear(h_key, weight, bias), weight, bias, scale=3, kv_kind=kind)
+    torch.testing.assert_close(torch.cat(plain, dim=-1), qkv, rtol=0, atol=1e-12)
+    torch.testing.assert_close(torch.cat(corrected, dim=-1), qkv_hat, rtol=0, atol=1e-12)
+
+
+# --- the Triton kernel (interpreter on CPU, compiled on a GPU) ---------------------------------
+
+# (kind, scale, key_frames, temporal, bias, dtype): every operator × scales 2/3/4, key-frame counts
+# 1, 2, 7, 16, both layouts, bias on/off, fp32 and fp16; L = 5 and C = 20 / C_out = 12 are not
+# multiples of any block.
+ORACLE_CASES = [
+    ("sample", 2, 1, False, True, torch.float32),
+    ("sample", 3, 7, True, False, torch.float32),
+    ("sample", 4, 2, False, False, torch.float16),
+    ("box_left", 2, 7, True, True, torch.float32),
+    ("box_left", 3, 2, False, True, torch.float16),
+    ("box_left", 4, 16, True, False, torch.float32),
+    ("box_left", 3, 1, True, True, torch.float32),
+    ("box_right", 2, 16, False, False, torch.float16),
+    ("box_right", 3, 1, False, True, torch.float32),
+    ("box_right", 4, 7, True, True, torch.float32),
+    ("box_right", 2, 2, True, False, torch.float16),
+]
+
+
+@pytest.mark.parametrize("kind, scale, key_frames, temporal, bias, dtype", ORACLE_CASES)
+def test_kernel_matches_reference(kind, scale, key_frames, temporal, bias, dtype, device):
+    h, _, weight, bias = make_inputs(
+        2, key_frames, scale, 5, 20, 12, dtype, temporal=temporal, bias=bias, device=device
+    )
+    key_qkv = torch.randn(2, key_frames, 5, 36, device=device).to(dtype)
+    qkv, qkv_hat = check(h, key_qkv, weight, bias, scale, kind)
+    assert qkv.shape == qkv_hat.shape == (2, scale * key_frames, 5, 36)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_kernel_matches_unfused_math(kind, dtype, device):
+    """Correct the key branch's *inputs* then project (SPEC §4's unfused form) == the fused epilogue."""
+    scale, key_frames = 3, 2
+    h, h_key, weight, bias = make_inputs(
+        1, key_frames, scale, 6, 24, 10, dtype, temporal=kind == "box_left", bias=True, device=device
+    )
+    key_qkv = key_projection(h_key, weight, bias)
+    plain, corrected = testing.unfused_corrected_qkv(*as_double(h, h_key, weight, bias), scale=scale, kv_kind=kind)
+    # The kernel and the PyTorch baseline both see key_qkv rounded to dtype; the float64 truth does not.
+    check(h, key_qkv, weight, bias, scale, kind, truths=(torch.cat(plain, dim=-1), torch.cat(corrected, dim=-1)))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_kernel_temporal_layout_equals_spatial(kind, device):
+    """The same logical input as a temporal view and as a spatial view gives identical numbers."""
+    scale, key_frames, tokens = 2, 3, 7
+    spatial, h_key, weight, bias = make_inputs(
+        2, key_frames, scale, tokens, 20, 12, torch.float32, temporal=False, bias=True, device=device
+    )
+    temporal = spatial.permute(0, 2, 1, 3).contiguous().view(2 * tokens, scale * key_frames, 20)
+    temporal = temporal.view(2, tokens, scale * key_frames, 20).permute(0, 2, 1, 3)
+    assert torch.equal(temporal, spatial) and temporal.stride() != spatial.stride()
+    key_qkv = key_projection(h_key, weight, bias)
+    with kernel.AUTOTUNER.pinned(kernel.GENERIC_CONFIGS[0]):
+        from_spatial = check(spatial, key_qkv, weight, bias, scale, kind)
+        from_temporal = check(temporal, key_qkv, weight, bias, scale, kind)
+    for a, b in zip(from_spatial, from_temporal):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "config", kernel.ALIGNED_CONFIGS + kernel.GENERIC_CONFIGS, ids=lambda config: config.label.replace(" ", "_")
+)
+def test_every_shipped_config(config, device):
+    """Each tile configuration computes the right numbers (one case each, pinned)."""
+    scale, key_frames, kind = 3, 2, "box_left"
+    h, h_key, weight, bias = make_inputs(
+        1, key_frames, scale, 21, 40, 20, torch.float32, temporal=False, bias=True, device=device
+    )
+    with kernel.AUTOTUNER.pinned(config):
+        check(h, key_projection(h_key, weight, bias), weight, bias, scale, kind)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("scale", [9, 11])
+def test_kernel_scales_beyond_one_tile(kind, scale, device):
+    """Scales above MAX_SLOTS frames run the chunked path (store qkv, then re-read and correct it)."""
+    assert scale > kernel.MAX_SLOTS
+    h, h_key, weight, bias = make_inputs(
+        1, 2, scale, 3, 20, 12, torch.float32, temporal=scale == 11, bias=True, device=device
+    )
+    with kernel.AUTOTUNER.pinned(kernel.GENERIC_CONFIGS[-1]):
+        check(h, key_projection(h_key, weight, bias), weight, bias, scale, kind)
+
+
+def test_launcher_offers_the_alignment_family(monkeypatch, device):
+    """Aligned launches (16-byte aligned pointers, channel counts and strides multiples of 16) are
+    offered the aligned family; odd channel counts and unaligned views the generic one."""
+    offered = []
+
+    def choose(key, candidates, launch, launch_device):
+        offered.append(list(candidates))
+        return candidates[0]
+
+    monkeypatch.setattr(kernel.AUTOTUNER, "choose", choose)
+    aligned_h, _, weight, _ = make_inputs(1, 2, 2, 4, 32, 16, torch.float16, temporal=True, bias=False, device=device)
+    key_qkv = torch.randn(1, 2, 4, 48, device=device).half()
+    odd_h, _, odd_weight, _ = make_inputs(1, 2, 2, 4, 30, 16, torch.float16, temporal=True, bias=False, device=device)
+    offset_h = torch.randn(1, 4, 4, 33, device=device).half()[..., 1:]  # 2-byte aligned view
+    for h, w in ((aligned_h, weight), (odd_h, odd_weight), (offset_h, weight)):
+        zs_kernels.corrected_qkv(h, key_qkv, w, scale=2, kv_kind="box_right", backend="triton")
+    assert [set(candidates) <= set(kernel.ALIGNED_CONFIGS) for candidates in offered] == [True, False, False]
+    assert all(set(candidates) <= set(kernel.GENERIC_CONFIGS) for candidates in offered[1:])
+
+
+@settings(
+    max_examples=8, deadline=None, derandomize=True, database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    kind=st.sampled_from(KINDS), scale=st.integers(2, 5), key_frames=st.integers(1, 4), tokens=st.integers(1, 9),
+    channels=st.integers(1, 40), c_out=st.integers(1, 12), temporal=st.booleans(), bias=st.booleans(),
+)
+def test_kernel_random_odd_sizes(kind, scale, key_frames, tokens, channels, c_out, temporal, bias, device):
+    """Any sizes, down to one token, one channel, one output column per projection."""
+    h, _, weight, bias = make_inputs(
+        2, key_frames, scale, tokens, channels, c_out, torch.float32, temporal=temporal, bias=bias, device=device
+    )
+    key_qkv = torch.randn(2, key_frames, tokens, 3 * c_out, device=device)
+    check(h, key_qkv, weight, bias, scale, kind)
+
+
+@pytest.mark.parametrize("temporal", [False, True], ids=["spatial", "temporal"])
+def test_kernel_aligned_sizes_through_the_default_selection(temporal, device):
+    """C = 32, C_out = 16: the aligned family, chosen and pruned as in production, in float16."""
+    h, h_key, weight, bias = make_inputs(
+        1, 3, 2, 16, 32, 16, torch.float16, temporal=temporal, bias=True, device=device
+    )
+    check(h, key_projection(h_key, weight, bias), weight, bias, 2, "box_left")
+
+
+def test_kernel_strided_bias(device):
+    """A bias that is a strided view (e.g. every other entry of a larger vector) is read as such."""
+    h, _, weight, _ = make_inputs(2, 4, 3, 5, 20, 12, torch.float32, temporal=False, bias=False, device=device)
+    bias = torch.randn(72, device=device)[::2]
+    check(h, torch.randn(2, 4, 5, 36, device=device), weight, bias, 3, "box_left")
+
+
+def test_kernel_empty_problem_launches_nothing(device):
+    h = torch.randn(1, 4, 0, 8, device=device)
+    qkv, qkv_hat = zs_kernels.corrected_qkv(
+        h, torch.randn(1, 2, 0, 12, device=device), torch.randn(12, 8, device=device), scale=2, kv_kind="box_left",
+        backend="triton",
+    )
+    assert qkv.shape == qkv_hat.shape == (1, 4, 0, 12)
+
+
+# --- non-finite inputs -------------------------------------------------------------------------
+
+NAN_KEY_FRAMES, NAN_SCALE, NAN_TOKENS, NAN_CHANNELS, NAN_C_OUT = 3, 3, 2, 8, 4
+
+
+def frame_dependents(kind, source_frame, source):
+    """Output frames of one column that the closed form makes depend on ``source_frame`` of ``x``
+    (the projection) or ``y`` (the key projection)."""
+    boxes = frames.box_ranges(kind, NAN_KEY_FRAMES, NAN_SCALE)
+    if source == "y":
+        return set(range(*boxes[source_frame]))
+    if kind == "sample":
+        return set() if source_frame % NAN_SCALE == 0 else {source_frame}
+    for start, stop in boxes:
+        if start <= source_frame < stop:
+            return set(range(start, stop))
+    return {source_frame}
+
+
+def expected_nan(backend, kind, source, index):
+    """The documented NaN patterns of ``(qkv, qkv_hat)`` for a NaN at ``index`` of ``source``."""
+    shape = (2, NAN_SCALE * NAN_KEY_FRAMES, NAN_TOKENS, 3 * NAN_C_OUT)
+    qkv, hat = torch.zeros(shape, dtype=torch.bool), torch.zeros(shape, dtype=torch.bool)
+    columns = range(3 * NAN_C_OUT)
+    if source == "h":
+        batch, frame, token, _ = index
+        qkv[batch, frame, token, :] = True
+        cells = [(batch, token, column, frame, "x") for column in columns]
+    elif source == "key_qkv":
+        batch, key_frame, token, column = index
+        cells = [(batch, token, column, key_frame, "y")]
+    else:  # a weight row or a bias entry: one column of every row
+        column = index[0]
+        qkv[..., column] = True
+        cells = [(batch, token, column, frame, "x") for batch in range(2) for token in range(NAN_TOKENS)
+                 for frame in range(shape[1])]
+    for batch, token, column, frame, role in cells:
+        column_kind = "sample" if column < NAN_C_OUT else kind
+        if backend == "reference":
+            hat[batch, :, token, column] = True
+        else:
+            hat[batch, sorted(frame_dependents(column_kind, frame, role)), token, column] = True
+    return qkv, hat
+
+
+NAN_SOURCES = [
+    ("h", (0, 0, 0, 1)),  # frame 0: a key frame, box_left's one-frame box
+    ("h", (1, 3, 0, 5)),  # a key frame: Q columns take key_qkv there
+    ("h", (0, 4, 1, 0)),
+    ("h", (1, 8, 1, 7)),  # box_left's last frame, in no box
+    ("key_qkv", (0, 1, 1, 2)),  # a Q column
+    ("key_qkv", (1, 2, 0, 9)),  # a V column
+    ("weight", (6, 3)),  # a K row
+    ("bias", (1,)),  # a Q entry
+]
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", "triton"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_nan_reaches_only_the_outputs_that_depend_on_it(backend, kind, device):
+    """NaN in one element reaches exactly the documented outputs (see the op's docstring) on
+    every backend; every other output is bit-identical to the clean run."""
+    if backend != "triton":
+        device = torch.device("cpu")
+    h, _, weight, bias = make_inputs(
+        2, NAN_KEY_FRAMES, NAN_SCALE, NAN_TOKENS, NAN_CHANNELS, NAN_C_OUT, torch.float32, temporal=True, bias=True,
+        device=device,
+    )
+    inputs = dict(h=h, key_qkv=torch.randn(2, NAN_KEY_FRAMES, NAN_TOKENS, 3 * NAN_C_OUT, device=device),
+                  weight=weight, bias=bias)
+
+    def run(values):
+        outputs = zs_kernels.corrected_qkv(**values, scale=NAN_SCALE, kv_kind=kind, backend=backend)
+        return [output.cpu() for output in outputs]
+
+    clean = run(inputs)
+    for source, index in NAN_SOURCES:
+        poisoned = dict(inputs, **{source: inputs[source].clone()})
+        poisoned[source][index] = float("nan")
+        expected_patterns = expected_nan(backend, kind, source, index)
+        for name, result, expected, before in zip(("qkv", "qkv_hat"), run(poisoned), expected_patterns, clean):
+            wrong = (result.isnan() ^ expected).nonzero()[:4].tolist()
+            assert torch.equal(result.isnan(), expected), (name, source, index, wrong)
+            assert torch.equal(result[~expected], before[~expected]), (name, source, index)
+
+
+# --- bad arguments -----------------------------------------------------------------------------
+
+
+class TestBadArguments:
+    def args(self, frames=8, key_frames=4, channels=6, c_out=5):
+        h, key = torch.randn(2, frames, 3, channels), torch.randn(2, key_frames, 3, 3 * c_out)
+        return h, key, torch.randn(3 * c_out, channels)
+
+    def test_key_frames_do_not_match(self):
+        h, key, weight = self.args(key_frames=3)
+        with raises(ValueError, "key_qkv", "t0 = t/scale = 4", "(2, 3, 3, 15)"):
+            zs_kernels.corrected_qkv(h, key, weight, scale=2, kv_kind="sample")
+
+    def test_frames_not_multiple_of_scale(self):
+        h, key, weight = self.args(frames=9)
+        with raises(ValueError, "t=9", "scale=2"):
+            zs_kernels.corrected_qkv(h, key, weight, scale=2, kv_kind="sample")
+
+    def test_weight_shape(self):
+        h, key, _ = self.args()
+        with raises(ValueError, "weight", "[3*C_out, C=6]", "(14, 6)"):
+            zs_kernels.corrected_qkv(h, key, torch.randn(14, 6), scale=2, kv_kind="sample")
+
+    def test_bias_shape(self):
+        h, key, weight = self.args()
+        with raises(ValueError, "bias", "(15,)", "(5,)"):
+            zs_kernels.corrected_qkv(h, key, weight, torch.randn(5), scale=2, kv_kind="sample")
+
+    @pytest.mark.parametrize(
+        "scale, error, words", [(1, ValueError, ["scale", ">= 2"]), (2.5, TypeError, ["scale", "integer"])]
+    )
+    def test_scale(self, scale, error, words):
+        h, key, weight = self.args()
+        with raises(error, *words):
+            zs_kernels.corrected_qkv(h, key, weight, scale=scale, kv_kind="sample")
+
+    def test_kind(self):
+        with raises(ValueError, "kv_kind", "'box'", "box_left"):
+            zs_kernels.corrected_qkv(*self.args(), scale=2, kv_kind="box")
+
+    def test_dtype_mismatch(self):
+        h, key, weight = self.args()
+        with raises(TypeError, "weight", "torch.float64", "torch.float32"):
+            zs_kernels.corrected_qkv(h, key, weight.double(), scale=2, kv_kind="sample")
+
+    def test_rank(self):
+        h, key, weight = self.args()
+        with raises(ValueError, "h", "4 dimensions"):
+            zs_kernels.corrected_qkv(h[0], key, weight, scale=2, kv_kind="sample")
+
+    def test_unknown_backend(self):
+        with raises(ValueError, "backend", "'gpu'", "triton"):
+            zs_kernels.corrected_qkv(*self.args(), scale=2, kv_kind="sample", backend="gpu")
+
+    @pytest.mark.parametrize(
+        "change, error, message",
+        [
+            (dict(key_qkv=torch.randn(1, 3, 5, 36)), ValueError, r"key_qkv must have shape \(1, 2, 5, 36\)"),
+            (dict(weight=torch.randn(35, 20)), ValueError, r"weight must have shape \[3\*C_out, C=20\]"),
+            (dict(weight=torch.randn(36, 21)), ValueError, r"weight must have shape \[3\*C_out, C=20\]"),
+            (dict(weight=torch.randn(36, 20, dtype=torch.float64)), TypeError, "weight has dtype torch.float64"),
+            (dict(key_qkv=torch.randn(1, 2, 5, 36, device="meta")), ValueError, "key_qkv is on meta"),
+            (dict(kv_kind="box_middle"), ValueError, "kv_kind must be one of 'sample', 'box_left', 'box_right'"),
+            (dict(scale=3), ValueError, "h has t=4 frames, expected a multiple of scale=3"),
+            (dict(bias=torch.randn(12)), ValueError, r"bias must have shape \(36,\)"),
+        ],
+    )
+    def test_triton_backend_validates_first(self, change, error, message):
+        arguments = dict(
+            h=torch.randn(1, 4, 5, 20), key_qkv=torch.randn(1, 2, 5, 36), weight=torch.randn(36, 20), bias=None,
+            scale=2, kv_kind="box_left",
+        )
+        arguments.update(change)
+        with pytest.raises(error, match=message):
+            zs_kernels.corrected_qkv(**arguments, backend="triton")
+
+    def test_triton_refuses_float64_clearly(self, device):
+        h, key, weight = (
+            torch.randn(shape, dtype=torch.float64, device=device) for shape in ((1, 4, 2, 16), (1, 2, 2, 48), (48, 16))
+        )
+        with raises(TypeError, "float64", "backend='torch'"):
+            zs_kernels.corrected_qkv(h, key, weight, scale=2, kv_kind="sample", backend="triton")
+
+
+# --- compiled kernel on a GPU (-m cuda) ----------------------------------------------------------
+
+# (key_frames, scale, tokens, channels, c_out, temporal, bias): aligned SVD-like sizes (the aligned
+# family, autotuned), odd sizes (the generic family), scales that fill 2, 4 and 8 frame slots and a
+# chunked one, both layouts.
+CUDA_CASES = [
+    (14, 2, 96, 320, 320, True, True),
+    (7, 4, 64, 640, 640, False, True),
+    (4, 8, 40, 64, 64, True, False),
+    (2, 11, 33, 40, 24, False, True),
+    (5, 3, 77, 72, 40, True, True),
+    (3, 2, 130, 20, 12, False, False),
+]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("case", CUDA_CASES, ids=lambda case: "t0{}-n{}-L{}-C{}-Co{}-{}-{}".format(*case))
+def test_compiled_kernel_matches_oracle(case, kind, dtype, gpu):
+    key_frames, scale, tokens, channels, c_out, temporal, bias = case
+    h, h_key, weight, bias = make_inputs(
+        2, key_frames, scale, tokens, channels, c_out, dtype, temporal=temporal, bias=bias, device=gpu
+    )
+    key_qkv = key_projection(h_key, weight, bias)
+    results = check(h, key_qkv, weight, bias, scale, kind)
+    # "auto" takes the kernel on CUDA and gives the same numbers.
+    auto = zs_kernels.corrected_qkv(h, key_qkv, weight, bias, scale=scale, kv_kind=kind)
+    for a, b in zip(auto, results):
+        assert torch.equal(a, b)
