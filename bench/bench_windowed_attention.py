@@ -1,38 +1,36 @@
-"""Windowed temporal attention: bytes moved per call, and (on CUDA) time and achieved bandwidth.
+"""zs_kernels.windowed_attention side by side with its peers.
 
-    pytest bench/bench_windowed_attention.py -s
+    pytest bench/bench_windowed_attention.py -q        # add --benchmark-disable for a smoke run
 
-Attention over 16–256 frames is memory-bound (≈ F/2 FLOP/byte), so the figure of merit is the
-bytes a call moves through DRAM. The model counts tensor elements read and written by each
-implementation, in units of one ``[N, H, F, D]`` tensor where possible:
-
-* **minimum** — Q, K, V read once, O written once (dual: Q, K, V, Q̂, K̂, V̂ read once).
-* **kernel** — this kernel: DRAM traffic equals the minimum plus the relative tables; the K/V rows
-  it re-reads for overlapping windows and query blocks come from L1/L2 (the "L1/L2 loads" column,
-  from :func:`zs_kernels.triton.windowed_attention.load_traffic`, shows how many).
-* **two passes + blend** — two single-pass launches, then the blend as one fused ``torch.lerp``
-  (read o, ô; write) or as the eager expression ``o + w * (ô - o)`` (three kernels: 8 tensor
-  passes).
-* **diffusers loop** — diffusers' FreeNoise pattern per window: slice (a view), attend with SDPA
-  (read q_w, k_w, v_w, write o_w), weight (read o_w, write), accumulate into a zero-initialised
-  buffer (read slice + weighted, write slice), then one divide (read, write).
-
-The CPU part only evaluates the model (the interpreter is not a benchmark and is never timed).
-The CUDA part times the kernel against SDPA per window and the diffusers loop, and reports the
-achieved TB/s from the minimum bytes.
+* **bytes moved (model)**: attention over 16–256 frames is memory-bound (≈ F/2 FLOP/byte), so the
+  figure of merit is the bytes a call moves through DRAM. This is an analytic *model*, printed,
+  not a measurement: it counts tensor elements read and written by each implementation —
+  the minimum (Q, K, V read once, O written once; dual: six inputs read once), the kernel (the
+  minimum, by construction of its loops; the "L1/L2" column replays the
+  loops to count the K/V rows re-read from cache), two single passes plus the blend (a fused
+  ``lerp``, or the eager ``o + w * (ô - o)``: 8 tensor passes), and the diffusers per-window loop.
+* **CPU time**: the torch path (what CPU tensors get) against the diffusers-style per-window loop
+  (:func:`zs_kernels.testing.per_window_loop`) on the same inputs, same process; the table gives
+  loop time / ours (> 1: we are faster).
+* **CUDA time** (skipped without a GPU): the kernel, its dual pass, SDPA per window and the loop,
+  with the achieved bandwidth of the minimum bytes.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from zs_kernels import frames
-from zs_kernels.triton import windowed_attention as kernel
+import zs_kernels
+from zs_kernels import frames, testing
+from zs_kernels.windowed_attention import triton as kernel
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ELEMENT_BYTES = 2  # fp16 / bf16
 
 # (N·H sequences, F, W, stride, D): the workload's shapes plus the issue's reference point.
-CASES = [
+MODEL_CASES = [
     (100_000, 16, 16, 8, 64),
     (100_000, 32, 16, 8, 64),
     (100_000, 64, 16, 8, 64),
@@ -42,99 +40,111 @@ CASES = [
     (100_000, 64, 24, 12, 160),
     (100_000, 256, 16, 8, 64),
 ]
-ELEMENT_BYTES = 2  # fp16 / bf16
 
 
-def _tensor_bytes(sequences, num_frames, head_dim):
-    return sequences * num_frames * head_dim * ELEMENT_BYTES
+def case_id(case) -> str:
+    return "NH{}-F{}-W{}-s{}-D{}".format(*case)
 
 
-def bytes_model(sequences, num_frames, window, stride, head_dim, table_rows=0) -> dict:
-    """Bytes moved per call by each implementation (see the module docstring)."""
-    tensor = _tensor_bytes(sequences, num_frames, head_dim)
-    tables = 2 * table_rows * head_dim * ELEMENT_BYTES
-    length = min(window, num_frames)
-    starts = frames.window_starts(num_frames, window, stride)
-    window_tensor = _tensor_bytes(sequences, length, head_dim)
+def bytes_model(sequences, num_frames, window, stride, head_dim) -> dict:
+    """Modelled bytes moved per call by each implementation (see the module docstring)."""
+    tensor = sequences * num_frames * head_dim * ELEMENT_BYTES
+    layout = frames.windows(num_frames, window, stride)
+    window_tensor = sequences * layout.length * head_dim * ELEMENT_BYTES
 
     blocks = kernel.blocks_for(num_frames, head_dim, window, -1, False, 8)
-    config = kernel.heuristic_config(num_frames, blocks)
-    rows = kernel.load_traffic(num_frames, window, stride, config.block_m)
+    block_m = kernel.candidate_configs(num_frames, blocks)[0]["block_m"]
+    rows = kernel.load_traffic(num_frames, window, stride, block_m)
     issued = (rows["q"] + 2 * rows["kv"] + rows["out"]) * sequences * head_dim * ELEMENT_BYTES
 
-    minimum = 4 * tensor
-    single = minimum + tables
-    dual_minimum = 7 * tensor
-    dual = dual_minimum + tables
-    lerp = 3 * tensor
-    eager_blend = (3 + 2 + 3) * tensor  # ô − o, w·(…), o + (…)
+    single = 4 * tensor
     per_window = (4 + 2 + 3) * window_tensor  # SDPA, weight, accumulate
-    loop = tensor + len(starts) * per_window + 2 * tensor  # zeros, windows, divide
     return {
-        "minimum": minimum,
+        "minimum": 4 * tensor,
         "kernel": single,
         "kernel_l1_l2_loads": issued,
-        "block_m": config.block_m,
-        "dual_minimum": dual_minimum,
-        "dual": dual,
-        "two_passes_lerp": 2 * single + lerp,
-        "two_passes_eager": 2 * single + eager_blend,
-        "diffusers_loop": loop,
-        "windows": len(starts),
+        "block_m": block_m,
+        "dual": 7 * tensor,
+        "two_passes_lerp": 2 * single + 3 * tensor,
+        "two_passes_eager": 2 * single + (3 + 2 + 3) * tensor,  # ô − o, w·(…), o + (…)
+        "diffusers_loop": tensor + len(layout.starts) * per_window + 2 * tensor,  # zeros, windows, divide
+        "windows": len(layout.starts),
     }
 
 
-def _ratios(model: dict) -> dict:
-    return {
-        "kernel/minimum": model["kernel"] / model["minimum"],
-        "l1l2/minimum": model["kernel_l1_l2_loads"] / model["minimum"],
-        "loop/kernel": model["diffusers_loop"] / model["kernel"],
-        "dual/(2+lerp)": model["dual"] / model["two_passes_lerp"],
-        "dual/(2+eager)": model["dual"] / model["two_passes_eager"],
-    }
-
-
-def _table() -> str:
+def test_bytes_moved_model(report):
+    """The modelled bytes table (printed in the terminal summary)."""
+    section = "windowed attention: bytes moved per call, fp16 (MODEL: counted from the algorithms, not measured)"
     header = (
         f"{'N·H':>8} {'F':>4} {'W':>3} {'s':>3} {'D':>4} {'win':>4} {'min MB':>9} {'kernel':>7} {'L1/L2':>6} "
         f"{'loop':>6} {'dual/(2+lerp)':>14} {'dual/(2+eager)':>15}"
     )
-    lines = [header, "-" * len(header)]
-    for case in CASES:
+    for case in MODEL_CASES:
         model = bytes_model(*case)
-        ratio = _ratios(model)
         sequences, num_frames, window, stride, head_dim = case
-        lines.append(
+        report.line(
+            section,
             f"{sequences:>8} {num_frames:>4} {window:>3} {stride:>3} {head_dim:>4} {model['windows']:>4} "
-            f"{model['minimum'] / 1e6:>9.1f} {ratio['kernel/minimum']:>6.2f}x {ratio['l1l2/minimum']:>5.2f}x "
-            f"{ratio['loop/kernel']:>5.2f}x {ratio['dual/(2+lerp)']:>13.3f}x {ratio['dual/(2+eager)']:>14.3f}x"
+            f"{model['minimum'] / 1e6:>9.1f} {model['kernel'] / model['minimum']:>6.2f}x "
+            f"{model['kernel_l1_l2_loads'] / model['minimum']:>5.2f}x "
+            f"{model['diffusers_loop'] / model['kernel']:>5.2f}x "
+            f"{model['dual'] / model['two_passes_lerp']:>13.3f}x {model['dual'] / model['two_passes_eager']:>14.3f}x",
+            header=header + "\n" + "-" * len(header),
         )
-    lines.append(
+    report.line(
+        section,
         "kernel, L1/L2: × minimum (Q,K,V read once, O written once); loop: diffusers loop ÷ kernel; "
-        "dual ÷ (two passes + lerp / eager blend)"
+        "dual ÷ (two passes + lerp / eager blend)",
     )
-    return "\n".join(lines)
 
 
-def test_print_bytes_table(capsys):
-    """The whole bytes table, printed even without ``-s``."""
-    with capsys.disabled():
-        print("\nwindowed attention, bytes moved per call (fp16)\n" + _table())
+# --- CPU: the torch path against the per-window loop ---------------------------------------------
+
+CPU_WINDOW = 16
+CPU_SEQUENCES, CPU_HEADS, CPU_HEAD_DIM = 4096, 8, 40
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda case: "NH{}-F{}-W{}-s{}-D{}".format(*case))
-def test_bytes_model(benchmark, case):
-    """Records the model in ``benchmark.extra_info`` (the timed call is the model itself)."""
-    model = benchmark.pedantic(bytes_model, args=case, rounds=1, iterations=1)
-    benchmark.extra_info.update(model)
-    benchmark.extra_info.update(_ratios(model))
-    # Sanity only: nothing moves fewer bytes than the minimum.
-    assert model["kernel"] >= model["minimum"] and model["dual"] >= model["dual_minimum"]
+@pytest.fixture(scope="module", params=[32, 64, 128], ids=lambda f: f"F{f}")
+def cpu_inputs(request):
+    generator = torch.Generator().manual_seed(request.param)
+    # The model's layout: [N, F, H·D] projections viewed as [N, H, F, D].
+    return [
+        torch.randn(CPU_SEQUENCES, request.param, CPU_HEADS, CPU_HEAD_DIM, generator=generator).transpose(1, 2)
+        for _ in range(3)
+    ]
 
 
-# --- CUDA timing ------------------------------------------------------------------------------
+@pytest.mark.parametrize("stride", [4, 8])
+def test_cpu_torch_path_vs_per_window_loop(benchmark, timings, report, cpu_inputs, stride):
+    q, k, v = cpu_inputs
+    num_frames = q.shape[2]
+    benchmark.group = f"windowed attention CPU F={num_frames} W={CPU_WINDOW} stride={stride}"
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="timing needs a CUDA device")
+    def ours():
+        return zs_kernels.windowed_attention(q, k, v, window=CPU_WINDOW, stride=stride, backend="torch")
+
+    def loop():
+        return testing.per_window_loop(q, k, v, CPU_WINDOW, stride)
+
+    out = benchmark.pedantic(ours, rounds=3, iterations=1, warmup_rounds=1)
+    torch.testing.assert_close(out, loop(), atol=1e-4, rtol=1e-4)
+    ours_seconds = timings.benchmark_seconds()
+    loop_seconds = timings.minimum_seconds(loop, rounds=3)
+    ratio = None if ours_seconds is None else loop_seconds / ours_seconds
+    benchmark.extra_info.update(loop_seconds=loop_seconds, loop_over_ours=ratio)
+    report.line(
+        f"windowed attention, CPU fp32, N·H={CPU_SEQUENCES}·{CPU_HEADS}, D={CPU_HEAD_DIM}, W={CPU_WINDOW}: "
+        "per-window loop time / ours (> 1: ours faster)",
+        f"F={num_frames:<4} stride={stride}: "
+        + (
+            "not timed (smoke run)"
+            if ratio is None
+            else f"ours {1e3 * ours_seconds:8.1f} ms, loop {1e3 * loop_seconds:8.1f} ms, ratio {ratio:5.2f}x"
+        ),
+    )
+
+
+# --- CUDA ------------------------------------------------------------------------------------------
 
 
 def _peak_bandwidth() -> float | None:
@@ -147,48 +157,27 @@ def _peak_bandwidth() -> float | None:
     return 2 * clock_khz * 1e3 * bus_bits / 8
 
 
-def _sdpa_per_window(q, k, v, window, stride):
-    """Plain SDPA on every window, outputs discarded: the attention cost alone."""
-    length = min(window, q.shape[2])
-    for start in frames.window_starts(q.shape[2], window, stride):
-        span = slice(start, start + length)
-        F.scaled_dot_product_attention(q[:, :, span], k[:, :, span], v[:, :, span])
-
-
-def _diffusers_loop(q, k, v, window, stride):
-    """diffusers' FreeNoise pattern: slice, attend, weighted accumulate, divide."""
-    num_frames = q.shape[2]
-    length = min(window, num_frames)
-    weights = frames.window_weights(length).to(q.device, q.dtype)[:, None]
-    accumulated = torch.zeros_like(q)
-    count = torch.zeros(num_frames, 1, device=q.device, dtype=q.dtype)
-    for start in frames.window_starts(num_frames, window, stride):
-        span = slice(start, start + length)
-        attended = F.scaled_dot_product_attention(q[:, :, span], k[:, :, span], v[:, :, span])
-        accumulated[:, :, span] += attended * weights
-        count[span] += weights
-    return accumulated / count
-
-
-@cuda
-@pytest.mark.parametrize("implementation", ["kernel", "kernel_dual", "sdpa_per_window", "diffusers_loop"])
-@pytest.mark.parametrize("case", CASES[:6], ids=lambda case: "NH{}-F{}-W{}-s{}-D{}".format(*case))
-def test_cuda_time(benchmark, case, implementation):
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="timing the kernel needs a CUDA device")
+@pytest.mark.parametrize("implementation", ["kernel", "kernel_dual", "sdpa_per_window", "per_window_loop"])
+@pytest.mark.parametrize("case", MODEL_CASES[:6], ids=case_id)
+def test_cuda_time(benchmark, timings, report, case, implementation):
     sequences, num_frames, window, stride, head_dim = case
     heads = 8
     shape = (sequences // heads, heads, num_frames, head_dim)
     q, k, v = (torch.randn(shape, device="cuda", dtype=torch.float16) for _ in range(3))
-    scale = head_dim**-0.5
-    if implementation == "kernel":
-        run = lambda: kernel.windowed_attention(q, k, v, window, stride, "pyramid", scale, None, None, None, None)
-    elif implementation == "kernel_dual":
-        corrected = tuple(torch.randn_like(q) for _ in range(3))
-        run = lambda: kernel.windowed_attention(q, k, v, window, stride, "pyramid", scale, None, None, corrected, 0.5)
-    elif implementation == "sdpa_per_window":
-        run = lambda: _sdpa_per_window(q, k, v, window, stride)
-    else:
-        run = lambda: _diffusers_loop(q, k, v, window, stride)
-    run()
+    corrected = tuple(torch.randn_like(q) for _ in range(3)) if implementation == "kernel_dual" else None
+
+    def run():
+        if implementation == "sdpa_per_window":
+            return testing.sdpa_per_window(q, k, v, window, stride)
+        if implementation == "per_window_loop":
+            return testing.per_window_loop(q, k, v, window, stride)
+        blend = None if corrected is None else 0.5
+        return zs_kernels.windowed_attention(
+            q, k, v, window=window, stride=stride, corrected=corrected, blend=blend, backend="triton"
+        )
+
+    run()  # autotune outside the timed region
     torch.cuda.synchronize()
 
     def timed():
@@ -197,10 +186,14 @@ def test_cuda_time(benchmark, case, implementation):
 
     benchmark(timed)
     model = bytes_model(*case)
-    moved = model["dual_minimum"] if implementation == "kernel_dual" else model["minimum"]
-    seconds = benchmark.stats.stats.median
-    benchmark.extra_info["minimum_bytes"] = moved
-    benchmark.extra_info["achieved_TB_per_s"] = moved / seconds / 1e12
+    moved = model["dual"] if implementation == "kernel_dual" else model["minimum"]
+    seconds = timings.benchmark_seconds()
+    if seconds is None:
+        return
     peak = _peak_bandwidth()
-    if peak:
-        benchmark.extra_info["fraction_of_peak"] = moved / seconds / peak
+    benchmark.extra_info.update(minimum_bytes=moved, achieved_TB_per_s=moved / seconds / 1e12)
+    report.line(
+        "windowed attention, CUDA fp16: time and the minimum bytes' achieved bandwidth",
+        f"{case_id(case):<28} {implementation:<16} {1e3 * seconds:8.3f} ms  {moved / seconds / 1e12:6.2f} TB/s"
+        + ("" if peak is None else f"  ({100 * moved / seconds / peak:5.1f} % of peak)"),
+    )
