@@ -1,17 +1,12 @@
 """The public API as a front end sees it: names, backend selection, agreement between backends,
 and torch.compile over a model fragment that calls every op."""
 
-import re
-
 import pytest
 import torch
 
 import zs_kernels
 
-
-def raises(error, *words):
-    """``pytest.raises`` that also requires every word in the message."""
-    return pytest.raises(error, match="(?s)" + "".join(f"(?=.*{re.escape(word)})" for word in words))
+from .helpers import raises
 
 
 def qkv(n=2, heads=2, frames=8, dim=4, dtype=torch.float32):

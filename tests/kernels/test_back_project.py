@@ -2,21 +2,16 @@
 ``(I − A⁺A)x + A⁺y`` with ``torch.linalg.pinv``, low precision, layouts, non-finite inputs and
 bad arguments."""
 
-import re
-
 import pytest
 import torch
 
 import zs_kernels
 from zs_kernels import frames, reference, testing
 
+from .helpers import closed_form_dependents, raises
+
 SCALES = (2, 3, 4)
 KEY_FRAME_COUNTS = (1, 2, 7, 16)
-
-
-def raises(error, *words):
-    """``pytest.raises`` that also requires every word in the message."""
-    return pytest.raises(error, match="(?s)" + "".join(f"(?=.*{re.escape(word)})" for word in words))
 
 
 @pytest.mark.parametrize("kind", frames.OPERATOR_KINDS)
@@ -92,19 +87,6 @@ def test_auto_on_cuda_is_the_torch_path(gpu):
 # --- non-finite inputs -------------------------------------------------------------------------
 
 
-def closed_form_dependents(kind, scale, num_key_frames, source, frame):
-    """Output frames that the closed form makes depend on frame ``frame`` of ``source`` ("x" or "y")."""
-    boxes = frames.box_ranges(kind, num_key_frames, scale)
-    if source == "y":
-        return set(range(*boxes[frame]))
-    if kind == "sample":
-        return set() if frame % scale == 0 else {frame}
-    for start, stop in boxes:
-        if start <= frame < stop:
-            return set(range(start, stop))
-    return {frame}
-
-
 @pytest.mark.parametrize("backend", ["torch", "reference"])
 @pytest.mark.parametrize("kind", frames.OPERATOR_KINDS)
 @pytest.mark.parametrize("source", ["x", "y"])
@@ -124,7 +106,7 @@ def test_nan_reaches_only_its_dependents(backend, kind, source):
         if backend == "reference":
             expected[1, :, 2, 4] = True
         else:
-            expected[1, sorted(closed_form_dependents(kind, scale, num_key_frames, source, frame)), 2, 4] = True
+            expected[1, sorted(closed_form_dependents(kind, num_key_frames, scale, source, frame)), 2, 4] = True
         assert torch.equal(result.isnan(), expected), (frame, result.isnan().nonzero().tolist())
         assert torch.equal(result[~expected], clean[~expected])
 
@@ -132,35 +114,23 @@ def test_nan_reaches_only_its_dependents(backend, kind, source):
 # --- bad arguments -----------------------------------------------------------------------------
 
 
-class TestBadArguments:
-    def test_frames_not_multiple(self):
-        with raises(ValueError, "x", "7 frames", "scale=2"):
-            zs_kernels.back_project(torch.randn(2, 7, 3), torch.randn(2, 3, 3), "sample", 2)
+@pytest.mark.parametrize(
+    "x_shape, y_shape, kind, scale, options, error, words",
+    [
+        ((2, 7, 3), (2, 3, 3), "sample", 2, {}, ValueError, ["x", "7 frames", "scale=2"]),
+        ((2, 8, 3), (2, 3, 3), "sample", 2, {}, ValueError, ["y", "(2, 4, 3)", "(2, 3, 3)"]),
+        ((2, 8, 3), (2, 4, 3), "sample", 2, dict(frame_dim=5), ValueError, ["frame_dim", "5"]),
+        ((2, 8, 3), (2, 4, 3), "box", 2, {}, ValueError, ["kind", "'box'", "box_left"]),
+        ((2, 8, 3), (2, 4, 3), "sample", 2.0, {}, TypeError, ["scale", "integer", "2.0"]),
+        ((2, 8, 3), (2, 4, 3), "sample", 2, dict(backend="triton"), ValueError, ["back_project", "Triton", "'torch'"]),
+        ((2, 8, 3), (2, 4, 3), "sample", 2, dict(backend="cuda"), ValueError, ["backend", "'cuda'", "auto"]),
+    ],
+)
+def test_bad_arguments_are_named(x_shape, y_shape, kind, scale, options, error, words):
+    with raises(error, *words):
+        zs_kernels.back_project(torch.randn(x_shape), torch.randn(y_shape), kind, scale, **options)
 
-    def test_key_shape(self):
-        with raises(ValueError, "y", "(2, 4, 3)", "(2, 3, 3)"):
-            zs_kernels.back_project(torch.randn(2, 8, 3), torch.randn(2, 3, 3), "sample", 2)
 
-    def test_frame_dim(self):
-        with raises(ValueError, "frame_dim", "5"):
-            zs_kernels.back_project(torch.randn(2, 8, 3), torch.randn(2, 4, 3), "sample", 2, frame_dim=5)
-
-    def test_kind(self):
-        with raises(ValueError, "kind", "'box'", "box_left"):
-            zs_kernels.back_project(torch.randn(2, 8, 3), torch.randn(2, 4, 3), "box", 2)
-
-    def test_scale(self):
-        with raises(TypeError, "scale", "integer", "2.0"):
-            zs_kernels.back_project(torch.randn(2, 8, 3), torch.randn(2, 4, 3), "sample", 2.0)
-
-    def test_dtype_mismatch(self):
-        with raises(TypeError, "y", "torch.float16", "torch.float32"):
-            zs_kernels.back_project(torch.randn(2, 8, 3), torch.randn(2, 4, 3).half(), "sample", 2)
-
-    def test_no_triton_kernel(self):
-        with raises(ValueError, "back_project", "Triton", "backend='torch'"):
-            zs_kernels.back_project(torch.randn(2, 8, 3), torch.randn(2, 4, 3), "sample", 2, backend="triton")
-
-    def test_unknown_backend(self):
-        with raises(ValueError, "backend", "'cuda'", "auto"):
-            zs_kernels.back_project(torch.randn(2, 8, 3), torch.randn(2, 4, 3), "sample", 2, backend="cuda")
+def test_mismatched_dtypes_are_named():
+    with raises(TypeError, "y", "torch.float16", "torch.float32"):
+        zs_kernels.back_project(torch.randn(2, 8, 3), torch.randn(2, 4, 3).half(), "sample", 2)

@@ -10,8 +10,6 @@ in fp32 and fp16 (the interpreter's ``tl.dot`` on bf16 returns garbage: bf16 is 
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,12 +20,9 @@ import zs_kernels
 from zs_kernels import frames, reference, testing
 from zs_kernels.corrected_qkv import triton as kernel
 
+from .helpers import closed_form_dependents, raises
+
 KINDS = frames.OPERATOR_KINDS
-
-
-def raises(error, *words):
-    """``pytest.raises`` that also requires every word in the message."""
-    return pytest.raises(error, match="(?s)" + "".join(f"(?=.*{re.escape(word)})" for word in words))
 
 
 def make_inputs(batch, key_frames, scale, tokens, channels, c_out, dtype, *, temporal, bias, device="cpu"):
@@ -289,20 +284,6 @@ def test_kernel_empty_problem_launches_nothing(device):
 NAN_KEY_FRAMES, NAN_SCALE, NAN_TOKENS, NAN_CHANNELS, NAN_C_OUT = 3, 3, 2, 8, 4
 
 
-def frame_dependents(kind, source_frame, source):
-    """Output frames of one column that the closed form makes depend on ``source_frame`` of ``x``
-    (the projection) or ``y`` (the key projection)."""
-    boxes = frames.box_ranges(kind, NAN_KEY_FRAMES, NAN_SCALE)
-    if source == "y":
-        return set(range(*boxes[source_frame]))
-    if kind == "sample":
-        return set() if source_frame % NAN_SCALE == 0 else {source_frame}
-    for start, stop in boxes:
-        if start <= source_frame < stop:
-            return set(range(start, stop))
-    return {source_frame}
-
-
 def expected_nan(backend, kind, source, index):
     """The documented NaN patterns of ``(qkv, qkv_hat)`` for a NaN at ``index`` of ``source``."""
     shape = (2, NAN_SCALE * NAN_KEY_FRAMES, NAN_TOKENS, 3 * NAN_C_OUT)
@@ -325,7 +306,8 @@ def expected_nan(backend, kind, source, index):
         if backend == "reference":
             hat[batch, :, token, column] = True
         else:
-            hat[batch, sorted(frame_dependents(column_kind, frame, role)), token, column] = True
+            dependents = closed_form_dependents(column_kind, NAN_KEY_FRAMES, NAN_SCALE, role, frame)
+            hat[batch, sorted(dependents), token, column] = True
     return qkv, hat
 
 

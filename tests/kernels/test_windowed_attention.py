@@ -13,7 +13,6 @@
 """
 
 import math
-import re
 
 import pytest
 import torch
@@ -23,6 +22,8 @@ import zs_kernels
 from zs_kernels import frames, reference, testing
 from zs_kernels.windowed_attention import triton as kernel
 from zs_kernels.windowed_attention import vectorized
+
+from .helpers import raises
 
 # (dtype, error, PyTorch's error) of every Triton comparison, summarised when the module finishes.
 _ERRORS = []
@@ -44,11 +45,6 @@ def _report_errors(request):
                 f"{max(row[0] for row in rows):.2e}, max PyTorch-at-dtype error {max(row[1] for row in rows):.2e}, "
                 f"max error/PyTorch ratio {ratio:.2f}"
             )
-
-
-def raises(error, *words):
-    """``pytest.raises`` that also requires every word in the message."""
-    return pytest.raises(error, match="(?s)" + "".join(f"(?=.*{re.escape(word)})" for word in words))
 
 
 def make_inputs(shape, dtype, layout="contiguous", count=3, magnitude=1.0, device="cpu"):
@@ -187,41 +183,38 @@ def test_dual_pass_blends_the_two_passes():
     torch.testing.assert_close(blended, plain + 0.3 * (corrected - plain), rtol=0, atol=1e-12)
 
 
-def _freenoise_block_reduced_to_attention(dim, heads, window, stride):
-    """A FreeNoise block whose cross-attention and feed-forward add nothing: output = h + fused attention."""
+def diffusers_and_ours(num_frames, window, stride):
+    """``(diffusers, ours)``: a FreeNoise block whose cross-attention and feed-forward add nothing
+    (output = h + fused attention), and h + to_out(our windowed attention) with Q, K, V from the
+    block's own attn1 and norm1, on the same random input."""
     from diffusers.models.attention import FreeNoiseTransformerBlock
 
+    dim, heads = 24, 3
     block = FreeNoiseTransformerBlock(
         dim, heads, dim // heads, cross_attention_dim=dim, context_length=window, context_stride=stride
-    ).double()
+    ).double().eval()
+    hidden = torch.randn(5, num_frames, dim, dtype=torch.float64)
+    encoder = torch.randn(5, 2, dim, dtype=torch.float64)
     with torch.no_grad():
         for layer in (block.attn2.to_out[0], block.ff.net[-1]):
             layer.weight.zero_()
             layer.bias.zero_()
-    return block.eval()
-
-
-def _our_fused_block(block, hidden, window, stride):
-    """h + to_out(windowed_attention(Q, K, V)) with Q, K, V from the block's own attn1 and norm1."""
-    attn, heads = block.attn1, block.attn1.heads
-    normed = block.norm1(hidden)
-    q, k, v = (
-        projection(normed).unflatten(-1, (heads, -1)).transpose(1, 2)  # [N, F, C] → [N, H, F, d]
-        for projection in (attn.to_q, attn.to_k, attn.to_v)
-    )
-    fused = zs_kernels.windowed_attention(q, k, v, window=window, stride=stride, backend="reference")
-    return hidden + attn.to_out[0](fused.transpose(1, 2).flatten(-2))
+        expected = block(hidden, encoder_hidden_states=encoder)
+        attn = block.attn1
+        normed = block.norm1(hidden)
+        q, k, v = (
+            projection(normed).unflatten(-1, (heads, -1)).transpose(1, 2)  # [N, F, C] → [N, H, F, d]
+            for projection in (attn.to_q, attn.to_k, attn.to_v)
+        )
+        fused = zs_kernels.windowed_attention(q, k, v, window=window, stride=stride, backend="reference")
+        ours = hidden + attn.to_out[0](fused.transpose(1, 2).flatten(-2))
+    return expected, ours
 
 
 @pytest.mark.parametrize("num_frames, window, stride", [(16, 16, 4), (32, 16, 4), (24, 8, 4), (30, 6, 3), (21, 7, 7)])
 def test_agrees_with_diffusers_freenoise_without_tail_window(num_frames, window, stride):
     assert (num_frames - window) % stride == 0
-    block = _freenoise_block_reduced_to_attention(24, 3, window, stride)
-    hidden = torch.randn(5, num_frames, 24, dtype=torch.float64)
-    encoder = torch.randn(5, 2, 24, dtype=torch.float64)
-    with torch.no_grad():
-        expected = block(hidden, encoder_hidden_states=encoder)
-        result = _our_fused_block(block, hidden, window, stride)
+    expected, result = diffusers_and_ours(num_frames, window, stride)
     torch.testing.assert_close(result, expected, rtol=0, atol=1e-10)
 
 
@@ -232,12 +225,7 @@ def test_differs_from_diffusers_freenoise_with_tail_window(num_frames, window, s
     window, the tail included, contribute to all of its frames with the same pyramid weights. The
     two agree on the frames the tail window does not touch and differ inside it."""
     assert (num_frames - window) % stride != 0
-    block = _freenoise_block_reduced_to_attention(24, 3, window, stride)
-    hidden = torch.randn(5, num_frames, 24, dtype=torch.float64)
-    encoder = torch.randn(5, 2, 24, dtype=torch.float64)
-    with torch.no_grad():
-        expected = block(hidden, encoder_hidden_states=encoder)
-        result = _our_fused_block(block, hidden, window, stride)
+    expected, result = diffusers_and_ours(num_frames, window, stride)
     tail_start = num_frames - window
     torch.testing.assert_close(result[:, :tail_start], expected[:, :tail_start], rtol=0, atol=1e-10)
     difference = (result[:, tail_start:] - expected[:, tail_start:]).abs().amax(dim=(0, 2))
