@@ -92,20 +92,28 @@ def _scores(q, k, softmax_scale, rel_k):
     return scores.mul_(softmax_scale)
 
 
-def _apply(probabilities, v, rel_v, plan: _WindowPlan):
-    """``probabilities @ v`` plus the relative value bias, ``[n, H, F, D]``.
+def _attend_values(probabilities, v, plan: _WindowPlan):
+    """``probabilities @ v``, ``[n, H, F, D]``, with a non-finite ``v`` entry reaching only the
+    frames that share a window with it.
 
     ``probabilities`` is zero outside the band, but in a dense product ``0 · NaN = NaN`` would
-    carry a non-finite ``v`` entry to every frame. So when there is one, finite values are
-    multiplied and the entries of the frames sharing a window with it are set to NaN: a
-    non-finite value reaches exactly the outputs that attend over it, as in the other backends.
+    carry a non-finite ``v`` entry to every frame. So when there is one, the finite entries are
+    multiplied and the frames sharing a window with it are set to NaN in its channel, as on the
+    other backends. Eager mode pays for that only then: a non-finite ``v`` entry makes the plain
+    product, hence its sum, non-finite. Under ``torch.compile`` the masked form runs, branch-free.
     """
-    non_finite = ~torch.isfinite(v)
-    if torch.compiler.is_compiling() or bool(non_finite.any()):
-        reach = plan.member @ (plan.indicator @ non_finite.to(v.dtype))
-        out = (probabilities @ v.masked_fill(non_finite, 0.0)).masked_fill_(reach > 0, float("nan"))
-    else:
+    if not torch.compiler.is_compiling():
         out = probabilities @ v
+        if bool(torch.isfinite(out.sum())):
+            return out
+    non_finite = ~torch.isfinite(v)
+    reach = plan.member @ (plan.indicator @ non_finite.to(v.dtype))
+    return (probabilities @ v.masked_fill(non_finite, 0.0)).masked_fill_(reach > 0, float("nan"))
+
+
+def _apply(probabilities, v, rel_v, plan: _WindowPlan):
+    """``probabilities @ v`` plus the relative value bias, ``[n, H, F, D]``."""
+    out = _attend_values(probabilities, v, plan)
     if rel_v is not None:
         index = _relative_index(v.shape[2], rel_v.shape[0], v.device).expand_as(probabilities)
         buckets = probabilities.new_zeros(*probabilities.shape[:-1], rel_v.shape[0])
