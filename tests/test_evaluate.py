@@ -71,6 +71,16 @@ def test_evaluate_end_to_end(tmp_path):
         assert strips.size == (110 + 2 * 8 * 32, 8 * (2 * (2 + 32) + 3))
 
 
+def test_base_video_only(tmp_path):
+    """--scales 1 gives the base video's rows and no per-scale plot (there is no upsampled row to plot)."""
+    rows = evaluate.evaluate(evaluate.parse_args([
+        "--model", "tiny", "--out", str(tmp_path), "--seeds", "1", "--steps", "1", "--frames", "4", "--size", "32",
+        "--scales", "1", "--methods", "paper", "--threads", "1",
+    ]))
+    assert [(r["scale"], r["method"]) for r in rows] == [(1, "real"), (1, "base")]
+    assert (tmp_path / "table.md").is_file() and not (tmp_path / "plot.png").exists()
+
+
 def test_front_sweeps_and_dominance(tmp_path):
     rows = evaluate.evaluate(evaluate.parse_args([
         "--model", "tiny", "--out", str(tmp_path), "--seeds", "2", "--steps", "1", "--frames", "4", "--size", "32",

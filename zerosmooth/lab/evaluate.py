@@ -307,7 +307,9 @@ def _write(out: Path, per_seed, rows, strips, args) -> None:
     table = markdown_table(rows)
     (out / "table.md").write_text(f"Command: `{command}`\n\n{table}\n")
     print(table)
-    _plot(out / "plot.png", [r for r in rows if r["scale"] > 1])
+    upsampled = [r for r in rows if r["scale"] > 1]
+    if upsampled:
+        _plot(out / "plot.png", upsampled)
     if args.front:
         _front(out, rows)
     for factor in sorted({factor for factor, _ in strips if factor > 1}):
