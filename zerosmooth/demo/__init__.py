@@ -13,7 +13,7 @@ from pathlib import Path
 
 def embedded_model_path() -> Path:
     """Directory of the shipped pipeline (it may be absent; see ``load_embedded_pipeline``)."""
-    return Path(__file__).resolve().parent / "tiny_world_svd"
+    return Path(__file__).resolve().parent / "world_svd"
 
 
 @contextlib.contextmanager
