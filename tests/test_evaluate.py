@@ -47,13 +47,16 @@ def test_frechet_distance():
         metrics.frechet_distance(a[:1], a)
 
 
-def test_evaluate_end_to_end(tmp_path):
+def test_evaluate_end_to_end(tmp_path, capsys):
     """Every row kind at scales 1, 2 and 4 from one 3-stage run per configuration and seed."""
     methods = "no_positions,repeat,blend,direct,latent_ddnm,paper,zerosmooth,exact_keys"
     rows = evaluate.evaluate(evaluate.parse_args([
         "--model", "tiny", "--out", str(tmp_path), "--seeds", "2", "--steps", "1", "--frames", "4", "--size", "32",
         "--methods", methods, "--threads", "1",
     ]))
+    runs = [line for line in capsys.readouterr().out.splitlines() if line.startswith("seed 0 ")]
+    distinct = {evaluate._settings(evaluate.RUNS[m]) for m in methods.split(",") if evaluate.RUNS[m] is not None}
+    assert len(runs) == len(distinct)  # one run per distinct configuration, however its row spells it
     names = [(r["scale"], r["method"]) for r in rows]
     table_rows = ["real", "repeat", "blend", "direct", "latent_ddnm", "paper", "zerosmooth", "exact_keys",
                   "no_positions"]

@@ -170,6 +170,14 @@ def generate(pipe, overrides: dict, stages: int, image: Image.Image, args, seed:
     return out.stages
 
 
+def _settings(overrides: dict):
+    """The full configuration a row's overrides give: rows that differ only in how they spell the
+    defaults (``{}`` and ``{"residual_strength": 0.0}`` while that is the default) share one run."""
+    from zerosmooth import ZeroSmoothConfig
+
+    return ZeroSmoothConfig(**overrides)
+
+
 def _latent_key_error(long: torch.Tensor, base: torch.Tensor, factor: int) -> float:
     return float((long[:, ::factor] - base).double().norm() / base.double().norm())
 
@@ -212,7 +220,7 @@ def evaluate(args: argparse.Namespace) -> list[dict]:
         image = Image.fromarray((clip.frames[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
         latents, videos, done = {}, {}, {}
         for name in model_runs:
-            key = tuple(sorted(RUNS[name].items()))  # rows with the same settings share one run
+            key = _settings(RUNS[name])  # rows with the same settings share one run
             if key not in done:
                 started = time.time()
                 stage_latents = generate(pipe, RUNS[name], stages, image, args, seed)
