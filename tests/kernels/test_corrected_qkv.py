@@ -361,6 +361,16 @@ def test_kernel_projections_of_any_layout(kind, device):
     assert weights[1].stride(1) != weights[0].stride(1)
 
 
+def test_custom_op_schema_and_fake_agree_with_the_kernel(device):
+    """``torch.library.opcheck`` of the kernel's custom op (three weights, three optional biases):
+    schema, fake implementation (shapes and strides) and AOT dispatch against the real launch."""
+    from zs_kernels.corrected_qkv import _triton_op
+
+    h, _, weights, _ = make_inputs(1, 2, 2, 4, 16, 8, torch.float32, temporal=True, bias=False, device=device)
+    biases = (None, torch.randn(8, device=device), None)
+    torch.library.opcheck(_triton_op, (h, torch.randn(1, 2, 4, 24, device=device), *weights, *biases, 2, "box_left"))
+
+
 def test_kernel_empty_problem_launches_nothing(device):
     h = torch.randn(1, 4, 0, 8, device=device)
     qkv, qkv_hat = zs_kernels.corrected_qkv(
