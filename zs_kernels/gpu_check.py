@@ -201,13 +201,15 @@ def projection_inputs(spec: dict, dtype: torch.dtype, device) -> dict:
 @dataclasses.dataclass
 class Result:
     """One row of the report. ``values`` holds the measured numbers by column; ``error`` the last
-    line of an exception the check raised (the row then counts as failed)."""
+    line of an exception the check raised (the row then counts as failed); ``seconds`` the wall
+    time the check took, compilation and oracle included (where the 8-minute budget goes)."""
 
     check: Check
     dtype: Optional[torch.dtype] = None
     values: dict = dataclasses.field(default_factory=dict)
     passed: bool = True
     error: Optional[str] = None
+    seconds: float = 0.0
 
 
 def hbm_peak_gbs(device_name: str, override: Optional[float] = None, properties=None) -> tuple[Optional[float], str]:
@@ -376,6 +378,7 @@ def run(checks: list[Check], device, timer: Callable, rounds_timer: Callable, lo
     for check in checks:
         for dtype in check.dtypes:
             log(f"{check.describe()} [{_dtype_name(dtype)}]")
+            started = time.perf_counter()
             try:
                 if check.section == "accuracy":
                     result = check_accuracy(check, dtype, device)
@@ -386,6 +389,7 @@ def run(checks: list[Check], device, timer: Callable, rounds_timer: Callable, lo
             except Exception:  # noqa: BLE001 — reported in the row, the other checks still run
                 lines = traceback.format_exc().strip().splitlines()
                 result = Result(check, dtype, passed=False, error=lines[-1])
+            result.seconds = time.perf_counter() - started
             results.append(result)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -422,6 +426,10 @@ def render_report(results: list[Result], info: dict, peak: tuple[Optional[float]
         "\n".join(f"- {key}: {value}" for key, value in info.items()),
         f"- HBM peak: {'unknown' if peak_gbs is None else f'{peak_gbs:.0f} GB/s'} ({source})",
         f"- checks: {sum(r.passed for r in results)} of {len(results)} passed",
+        "- time per section: " + ", ".join(
+            f"{section} {sum(r.seconds for r in results if r.check.section == section):.0f} s"
+            for section in ("accuracy", "speed", "cascade")
+        ),
     ]
     accuracy = [r for r in results if r.check.section == "accuracy"]
     if accuracy:

@@ -159,6 +159,7 @@ def test_every_kind_of_check_runs_and_reports(tmp_path):
     text = open(path, encoding="utf-8").read()
     assert text.startswith("# ZeroSmooth GPU check") and "- device: fake" in text
     assert "6 of 7 passed" in text and "**FAIL**" in text
+    assert all(result.seconds > 0 for result in results) and "- time per section: accuracy " in text
     loop_row = "| small ([2, 2, 12, 16] window 8, stride 4) | diffusers per-window loop | 8.000 | 8.00 |"
     assert loop_row in text
     assert "1.50 (missed)" in text
