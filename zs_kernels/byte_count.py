@@ -28,10 +28,11 @@ Peers — :func:`count_torch`, a ``TorchDispatchMode``
 Every ATen op that runs (after PyTorch's own decompositions, i.e. the kernels eager mode launches)
 is taken to read each tensor argument once and write each output once: the DRAM traffic of eager
 execution, whose intermediates round-trip through memory between ops. The op's schema says which
-arguments it writes (in-place, ``out=``) and which outputs are fresh. Views move nothing;
-allocations without initialisation (``empty*``) move nothing; factories such as ``zeros_like``
-read nothing of their tensor argument (only its shape and dtype); ``fill_``, ``zero_`` and ``copy_``
-do not read the tensor they overwrite, and a ``copy_`` between two identical views of the same
+arguments it writes (in-place, ``out=``) and which outputs are fresh. Views move nothing,
+including ops whose result is their input's memory though their schema does not say so
+(``_unsafe_view``); allocations without initialisation (``empty*``) move nothing; factories
+such as ``zeros_like`` read nothing of their tensor argument (only its shape and dtype);
+``fill_``, ``zero_`` and ``copy_`` do not read the tensor they overwrite, and a ``copy_`` between two identical views of the same
 memory moves nothing (ATen returns early). A tensor's bytes are its distinct elements (a
 broadcast dimension, stride 0, counts once) × its element size.
 """
@@ -292,20 +293,31 @@ class _TorchCounter(TorchDispatchMode):
         if name == "copy_" and _same_view(args[0], args[1]):
             return
         schema = func._schema
+        arguments = [
+            (argument, args[index] if index < len(args) else kwargs.get(argument.name))
+            for index, argument in enumerate(schema.arguments)
+        ]
+        storages = {tensor.untyped_storage().data_ptr() for _, value in arguments for tensor in _tensors(value)}
+        results = [result] if len(schema.returns) == 1 else result
+        fresh = [
+            tensor
+            for returned, value in zip(schema.returns, results)
+            if returned.alias_info is None
+            for tensor in _tensors(value)
+            if tensor.untyped_storage().data_ptr() not in storages
+        ]
+        writes = [argument.alias_info is not None and argument.alias_info.is_write for argument, _ in arguments]
+        if not fresh and not any(writes):
+            return  # a view under another name (``_unsafe_view``): its result is its input's memory
         reads = _reads_tensor_arguments(name)
-        for index, argument in enumerate(schema.arguments):
-            value = args[index] if index < len(args) else kwargs.get(argument.name)
-            written = argument.alias_info is not None and argument.alias_info.is_write
+        for (argument, value), written in zip(arguments, writes):
             overwritten = written and (argument.kwarg_only or name in _OVERWRITES)
             for tensor in _tensors(value):
                 if reads and not overwritten:
                     self.read += tensor_bytes(tensor)
                 if written:
                     self.written += tensor_bytes(tensor)
-        results = [result] if len(schema.returns) == 1 else result
-        for returned, value in zip(schema.returns, results):
-            if returned.alias_info is None:
-                self.written += sum(tensor_bytes(tensor) for tensor in _tensors(value))
+        self.written += sum(tensor_bytes(tensor) for tensor in fresh)
 
 
 def count_torch(call: Callable[[], T]) -> tuple[T, Traffic]:

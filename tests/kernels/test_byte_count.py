@@ -103,6 +103,7 @@ def test_torch_ops_read_inputs_and_write_outputs_once():
 def test_views_allocations_and_overwrites_move_no_extra_bytes():
     a, b = torch.ones(10, 10), torch.ones(10)
     assert byte_count.count_torch(lambda: a[:, 2:5].transpose(0, 1))[1] == Traffic(0, 0)
+    assert byte_count.count_torch(lambda: torch.ops.aten._unsafe_view(a, (100,)))[1] == Traffic(0, 0)
     assert byte_count.count_torch(lambda: torch.empty_like(a))[1] == Traffic(0, 0)
     assert byte_count.count_torch(lambda: torch.zeros_like(a))[1] == Traffic(read=0, written=400)
 
