@@ -12,6 +12,10 @@ corrected inputs).
   and the prologue design. An analytic *model*, printed, not a measurement: the kernel's DRAM
   figure is the minimum by construction of its tiling.
 * **CPU time**: ``backend="torch"`` against the unfused peer at a CPU-sized case. Goal ≥ 1.3×.
+* **CPU, weights per call**: the op given the three projections as they are (what the attention
+  hook does) against stacking ``to_q|to_k|to_v`` into a fresh ``[3C, C]`` tensor per call (what
+  it did before): time and bytes allocated per call (torch profiler), as ratios. The saving must
+  be exactly the stacked weight and bias.
 * **CUDA** (skipped without a GPU): the Triton kernel's time and TFLOP/s against ``F.linear`` of
   the three projections alone. Goal: the correction costs < 10 % over the bare projection.
 
@@ -82,7 +86,7 @@ def fused_kernel_bytes(batch, frames, scale, tokens, channels, c_out, itemsize=I
     columns = 3 * c_out
     slots = kernel.slots(scale)
     block_l = block_m // slots
-    column_blocks = math.ceil(columns / block_n)
+    column_blocks = 3 * math.ceil(c_out / block_n)  # a column block lies in one projection
     groups = frames // scale + 1  # at most: box_left has one extra group
     m_tiles = batch * groups * math.ceil(tokens / block_l) * math.ceil(scale / slots)
     dram = fused_minimum_bytes(batch, frames, scale, tokens, channels, c_out, itemsize)
@@ -149,10 +153,10 @@ def _cpu_inputs(kind, temporal):
         h = torch.randn(batch * num_frames, tokens, channels, generator=generator)
         h = h.view(batch, num_frames, tokens, channels)
     h_key = torch.randn(batch, key_frames, tokens, channels, generator=generator)
-    weight = torch.randn(3 * channels, channels, generator=generator) / channels**0.5
-    bias = torch.randn(3 * channels, generator=generator)
-    key_qkv = F.linear(h_key, weight, bias)
-    return dict(h=h, h_key=h_key, key_qkv=key_qkv, weight=weight, bias=bias, scale=scale, kind=kind)
+    weights = tuple(torch.randn(channels, channels, generator=generator) / channels**0.5 for _ in range(3))
+    biases = tuple(torch.randn(channels, generator=generator) for _ in range(3))
+    key_qkv = torch.cat([F.linear(h_key, weight, bias) for weight, bias in zip(weights, biases)], dim=-1)
+    return dict(h=h, h_key=h_key, key_qkv=key_qkv, weights=weights, biases=biases, scale=scale, kind=kind)
 
 
 @pytest.mark.benchmark(group="corrected-qkv-cpu")
@@ -160,16 +164,18 @@ def _cpu_inputs(kind, temporal):
 @pytest.mark.parametrize("kind", ["sample", "box_left", "box_right"])
 def test_cpu_torch_path_vs_unfused(benchmark, timings, goal, kind, temporal):
     inputs = _cpu_inputs(kind, temporal)
+    # The peer takes the stacked form; stacked once here, outside its timing.
+    weight, bias = torch.cat(inputs["weights"]), torch.cat(inputs["biases"])
 
     def fused():
         return zs_kernels.corrected_qkv(
-            inputs["h"], inputs["key_qkv"], inputs["weight"], inputs["bias"],
+            inputs["h"], inputs["key_qkv"], inputs["weights"], inputs["biases"],
             scale=inputs["scale"], kv_kind=kind, backend="torch",
         )
 
     def unfused():
         return testing.unfused_corrected_qkv(
-            inputs["h"], inputs["h_key"], inputs["weight"], inputs["bias"], scale=inputs["scale"], kv_kind=kind
+            inputs["h"], inputs["h_key"], weight, bias, scale=inputs["scale"], kv_kind=kind
         )
 
     qkv, qkv_hat = benchmark.pedantic(fused, rounds=5, iterations=1, warmup_rounds=1)
@@ -181,6 +187,58 @@ def test_cpu_torch_path_vs_unfused(benchmark, timings, goal, kind, temporal):
     benchmark.extra_info.update(case=CPU_CASE, unfused_seconds=unfused_seconds, speedup=speedup, goal=1.3)
     layout = "temporal" if temporal else "spatial"
     goal(f"corrected_qkv CPU {kind} {layout}: unfused time / torch path", speedup, 1.3, higher_is_better=True)
+
+
+# --- CPU: the three projections as they are vs stacking them per call ----------------------------
+
+# (tokens, channels) at 8 frames, scale 2: SVD's narrowest and widest attention widths, where the
+# stacked weight is 1.2 MB and 19.7 MB in fp32.
+WEIGHT_CASES = [(576, 320), (144, 1280)]
+
+
+def allocated_bytes(function) -> int:
+    """Bytes the CPU allocator hands out while ``function`` runs (torch profiler's memory events)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profile:
+        function()
+    return sum(max(event.self_cpu_memory_usage, 0) for event in profile.events())
+
+
+@pytest.mark.benchmark(group="corrected-qkv-weights")
+@pytest.mark.parametrize("tokens, channels", WEIGHT_CASES, ids=[f"C{channels}" for _, channels in WEIGHT_CASES])
+def test_cpu_three_projections_vs_stacking_per_call(benchmark, timings, report, tokens, channels):
+    generator = torch.Generator().manual_seed(0)
+    h = torch.randn(1, 8, tokens, channels, generator=generator)
+    layers = [torch.nn.Linear(channels, channels) for _ in range(3)]
+    weights, biases = tuple(layer.weight for layer in layers), tuple(layer.bias for layer in layers)
+    key_qkv = torch.randn(1, 4, tokens, 3 * channels, generator=generator)
+
+    @torch.no_grad()
+    def three():
+        return zs_kernels.corrected_qkv(h, key_qkv, weights, biases, scale=2, kv_kind="box_left", backend="torch")
+
+    @torch.no_grad()
+    def stacking():
+        return zs_kernels.corrected_qkv(
+            h, key_qkv, torch.cat(weights), torch.cat(biases), scale=2, kv_kind="box_left", backend="torch"
+        )
+
+    results = benchmark.pedantic(three, rounds=5, iterations=1, warmup_rounds=1)
+    for a, b in zip(results, stacking()):
+        assert torch.equal(a, b)
+    three_bytes, stacking_bytes = allocated_bytes(three), allocated_bytes(stacking)
+    assert stacking_bytes - three_bytes == 4 * 3 * channels * (channels + 1)  # exactly the stacked copy
+    three_seconds, stacking_seconds = timings.benchmark_seconds(), timings.minimum_seconds(stacking)
+    benchmark.extra_info.update(
+        three_bytes=three_bytes, stacking_bytes=stacking_bytes, stacking_seconds=stacking_seconds
+    )
+    times = "not timed (smoke run)" if three_seconds is None else (
+        f"{stacking_seconds * 1e3:7.2f} ms / {three_seconds * 1e3:7.2f} ms = {stacking_seconds / three_seconds:.2f}"
+    )
+    report.line(
+        "corrected_qkv CPU, weights per call: stacking to_q|to_k|to_v per call (before) / the three projections (now)",
+        f"t 8, L {tokens:>4}, C {channels:>4}: bytes allocated {stacking_bytes / 1e6:6.2f} MB / "
+        f"{three_bytes / 1e6:6.2f} MB = {stacking_bytes / three_bytes:.2f}; time {times}",
+    )
 
 
 # --- CUDA: the Triton kernel vs the bare projection -------------------------------------------------
@@ -201,12 +259,14 @@ def test_cuda_kernel_vs_bare_projection(benchmark, timings, goal, report, level,
     else:
         h = torch.randn(batch * num_frames, tokens, channels, device=device, dtype=dtype)
         h = h.view(batch, num_frames, tokens, channels)
-    weight = torch.randn(3 * channels, channels, device=device, dtype=dtype) / channels**0.5
-    bias = torch.randn(3 * channels, device=device, dtype=dtype)
+    weights = tuple(torch.randn(channels, channels, device=device, dtype=dtype) / channels**0.5 for _ in range(3))
+    biases = tuple(torch.randn(channels, device=device, dtype=dtype) for _ in range(3))
     key_qkv = torch.randn(batch, num_frames // scale, tokens, 3 * channels, device=device, dtype=dtype)
+    # The bare projection at its best: one GEMM with the weights stacked once, outside the timing.
+    weight, bias = torch.cat(weights), torch.cat(biases)
 
     def fused():
-        return zs_kernels.corrected_qkv(h, key_qkv, weight, bias, scale=scale, kv_kind="box_left", backend="triton")
+        return zs_kernels.corrected_qkv(h, key_qkv, weights, biases, scale=scale, kv_kind="box_left", backend="triton")
 
     def bare():
         return F.linear(h, weight, bias)

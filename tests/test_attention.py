@@ -80,15 +80,17 @@ def test_svd_time_proj_positions_are_divided():
 def test_processors_run_the_corrected_path(monkeypatch):
     """Strength 1 at every step: the long branch's corrected Q/K/V at key frames are exactly the key
     branch's (all of Q/K/V for temporal self-attention; Q for spatial self-attention), and
-    every attention kind goes through its zs_kernels op with blend 1."""
+    every attention kind goes through its zs_kernels op with blend 1. Self-attention hands the
+    op the module's own to_q/to_k/to_v parameters (nothing stacked per call)."""
     pipe = tiny_text_to_video_pipeline(0)
     pipe.set_progress_bar_config(disable=True)
-    seen = {"qkv": [], "windowed": []}
+    seen = {"qkv": [], "windowed": [], "weights": []}
     real_qkv, real_windowed = attention.zs_kernels.corrected_qkv, attention.zs_kernels.windowed_attention
 
     def corrected_qkv(h, key_qkv, weight, bias=None, *, scale, kv_kind, backend="auto"):
         qkv, qkv_hat = real_qkv(h, key_qkv, weight, bias, scale=scale, kv_kind=kv_kind, backend=backend)
         seen["qkv"].append((kv_kind, key_qkv, qkv_hat))
+        seen["weights"].append((weight, bias))
         return qkv, qkv_hat
 
     def windowed_attention(q, k, v, **kwargs):
@@ -109,6 +111,10 @@ def test_processors_run_the_corrected_path(monkeypatch):
         assert qkv_hat.shape[1] == 2 * key_qkv.shape[1]
         channels = slice(None) if kind == "sample" else slice(0, c)
         assert torch.equal(qkv_hat[:, ::2, :, channels], key_qkv[:, :, :, channels])
+    parameters = {id(parameter) for parameter in pipe.unet.parameters()}
+    for weight, bias in seen["weights"]:
+        assert isinstance(weight, tuple) and len(weight) == 3 and {id(w) for w in weight} <= parameters
+        assert isinstance(bias, tuple) and {id(b) for b in bias if b is not None} <= parameters
     temporal_modules = sum(1 for name, _, axis in ZeroSmooth(pipe).adapter.attention_modules() if axis == "temporal")
     assert len(seen["windowed"]) == temporal_modules
     assert all(entry == (4, 2, 1.0, True) for entry in seen["windowed"])  # W = t0 = 4, overlap 2

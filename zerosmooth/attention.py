@@ -185,9 +185,10 @@ class AttentionHook(ZeroSmoothHook):
             return self._corrected_cross(module, session, step, hidden_states, encoder_hidden_states, key_states)
 
         kv_operator = "sample" if self.axis == TEMPORAL else session.draw_kv_operator()
-        weight, bias = _stacked_projection(module)
+        layers = (module.to_q, module.to_k, module.to_v)
         qkv, qkv_hat = zs_kernels.corrected_qkv(
-            self._frames_view(hidden_states, step), key_states, weight, bias,
+            self._frames_view(hidden_states, step), key_states,
+            tuple(layer.weight for layer in layers), tuple(layer.bias for layer in layers),
             scale=config.scale, kv_kind=kv_operator, backend=config.backend,
         )
         self._record(session, step, qkv_hat)
@@ -204,16 +205,3 @@ class AttentionHook(ZeroSmoothHook):
         out = _attend(module, *self._module_layout(qkv).chunk(3, dim=-1))
         out_hat = _attend(module, *self._module_layout(qkv_hat).chunk(3, dim=-1))
         return out.lerp_(out_hat, step.blend).to(hidden_states.dtype)
-
-
-def _stacked_projection(module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``to_q | to_k | to_v`` weights stacked to ``[3C, C]`` and biases to ``[3C]`` (None if none has one).
-
-    Stacked per call rather than cached: a cached copy would double the projections' memory.
-    """
-    layers = (module.to_q, module.to_k, module.to_v)
-    weight = torch.cat([layer.weight for layer in layers])
-    if all(layer.bias is None for layer in layers):
-        return weight, None
-    biases = [layer.weight.new_zeros(layer.out_features) if layer.bias is None else layer.bias for layer in layers]
-    return weight, torch.cat(biases)

@@ -61,15 +61,18 @@ def test_backends_agree(backend):
 
 
 class TinyTemporalBlock(torch.nn.Module):
-    """A model fragment calling every public tensor op, as a front end would."""
+    """A model fragment calling every public tensor op, as a front end would (three projection
+    layers, as in diffusers' ``Attention``, handed to ``corrected_qkv`` as they are)."""
 
     def __init__(self, channels=8, heads=2):
         super().__init__()
         self.heads = heads
-        self.qkv = torch.nn.Linear(channels, 3 * channels)
+        self.to_q, self.to_k, self.to_v = (torch.nn.Linear(channels, channels) for _ in range(3))
 
     def forward(self, h, key_qkv):
-        qkv, qkv_hat = zs_kernels.corrected_qkv(h, key_qkv, self.qkv.weight, self.qkv.bias, scale=2, kv_kind="box_left")
+        layers = (self.to_q, self.to_k, self.to_v)
+        weights, biases = tuple(layer.weight for layer in layers), tuple(layer.bias for layer in layers)
+        qkv, qkv_hat = zs_kernels.corrected_qkv(h, key_qkv, weights, biases, scale=2, kv_kind="box_left")
         batch, frames, tokens, _ = h.shape
 
         def heads(t):  # [B, t, L, C] → [B·L, heads, t, d]

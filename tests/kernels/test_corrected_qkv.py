@@ -1,7 +1,8 @@
 """zs_kernels.corrected_qkv on every backend: the torch path and the fused Triton kernel (GEMM +
 back-projection epilogue) against the float64 oracle under the error rule of
 :func:`zs_kernels.testing.assert_within_error_rule`, with outputs allocated NaN-filled so an
-element left unwritten fails; layouts, tiles, non-finite inputs and bad arguments.
+element left unwritten fails; layouts, tiles, the weights as three projections (any strides, biases
+on some of them) or one stacked tensor, non-finite inputs and bad arguments.
 
 The Triton kernel runs compiled on a GPU when there is one, else through the interpreter on CPU
 in fp32 and fp16 (the interpreter's ``tl.dot`` on bf16 returns garbage: bf16 is covered by the
@@ -26,7 +27,9 @@ KINDS = frames.OPERATOR_KINDS
 
 
 def make_inputs(batch, key_frames, scale, tokens, channels, c_out, dtype, *, temporal, bias, device="cpu"):
-    """Fresh random ``(h, h_key, weight, bias)``; ``h`` is a strided ``[B, t, L, C]`` view.
+    """Fresh random ``(h, h_key, weights, biases)``; ``h`` is a strided ``[B, t, L, C]`` view,
+    ``weights = (w_q, w_k, w_v)`` three separate ``[C_out, C]`` tensors and ``biases`` three
+    ``[C_out]`` ones (or None).
 
     Spatial layout: ``[B·t, L, C]`` viewed as ``[B, t, L, C]``; temporal: ``[B·L, t, C]`` viewed via
     ``.view(B, L, t, C).permute(0, 2, 1, 3)``. ``h_key [B, t0, L, C]`` is the key branch's input.
@@ -39,18 +42,37 @@ def make_inputs(batch, key_frames, scale, tokens, channels, c_out, dtype, *, tem
         h = torch.randn(batch * num_frames, tokens, channels, device=device).to(dtype)
         h = h.view(batch, num_frames, tokens, channels)
     h_key = torch.randn(batch, key_frames, tokens, channels, device=device).to(dtype)
-    weight = (torch.randn(3 * c_out, channels, dtype=torch.float64, device=device) / channels**0.5).to(dtype)
-    bias_vector = torch.randn(3 * c_out, device=device).to(dtype) if bias else None
-    return h, h_key, weight, bias_vector
+    weights = tuple(
+        (torch.randn(c_out, channels, dtype=torch.float64, device=device) / channels**0.5).to(dtype) for _ in range(3)
+    )
+    biases = tuple(torch.randn(c_out, device=device).to(dtype) for _ in range(3)) if bias else None
+    return h, h_key, weights, biases
 
 
-def key_projection(h_key, weight, bias):
+def stacked(parts):
+    """``(w_q, w_k, w_v)`` or ``(b_q, b_k, b_v)`` stacked into one tensor (None stays None), for the
+    unfused peer, which takes the stacked form."""
+    return None if parts is None else torch.cat(parts)
+
+
+def key_projection(h_key, weights, biases):
     """The key branch's projections, computed in float64 and rounded to the inputs' dtype."""
-    return F.linear(h_key.double(), weight.double(), None if bias is None else bias.double()).to(h_key.dtype)
+    biases = (None, None, None) if biases is None else biases
+    projections = [
+        F.linear(h_key.double(), weight.double(), None if bias is None else bias.double())
+        for weight, bias in zip(weights, biases)
+    ]
+    return torch.cat(projections, dim=-1).to(h_key.dtype)
 
 
-def as_double(*tensors):
-    return [None if tensor is None else tensor.double() for tensor in tensors]
+def as_double(*values):
+    """Each tensor in float64; tuples (of weights, of biases) entry by entry; None stays None."""
+    def double(value):
+        if isinstance(value, tuple):
+            return tuple(double(entry) for entry in value)
+        return None if value is None else value.double()
+
+    return [double(value) for value in values]
 
 
 def assert_in_memory_order_of(result, h):
@@ -66,7 +88,9 @@ def assert_in_memory_order_of(result, h):
 
 def check(h, key_qkv, weight, bias, scale, kind, *, backend="triton", truths=None):
     """Run the op on NaN-filled allocations and apply the error rule to both outputs against the
-    float64 oracle (or the given ``truths``); outputs must follow ``h``'s memory order."""
+    float64 oracle (or the given ``truths``); outputs must follow ``h``'s memory order.
+
+    ``weight``/``bias`` in either public form (three projections or stacked)."""
     with testing.nan_filled_allocations():
         results = zs_kernels.corrected_qkv(h, key_qkv, weight, bias, scale=scale, kv_kind=kind, backend=backend)
     if truths is None:
@@ -91,41 +115,86 @@ def spatial_and_temporal_inputs(batch, num_frames, tokens, channels, dtype):
     return spatial, temporal
 
 
+def projection_weights(c_out, channels, dtype, form, bias):
+    """``(weight, bias)`` in one public form: ``"three"`` separate tensors, ``"views"`` — three
+    projections with different strides (a row slice of a wider tensor, a transposed view, a plain
+    tensor) — or ``"stacked"`` ``[3 C_out, C]``. ``bias``: ``"all"``, ``"some"`` (K's only) or
+    ``"none"``."""
+    weights = [torch.randn(c_out, channels, dtype=dtype) / channels**0.5 for _ in range(3)]
+    if form == "views":
+        weights[0] = torch.cat([weights[0], torch.randn(c_out, 3, dtype=dtype)], dim=1)[:, :channels]
+        weights[1] = weights[1].t().contiguous().t()
+    biases = [torch.randn(c_out, dtype=dtype) for _ in range(3)]
+    if bias == "some":
+        biases[0] = biases[2] = None
+    biases = None if bias == "none" else tuple(biases)
+    if form == "stacked":
+        assert bias != "some", "a stacked bias covers every projection"
+        return torch.cat(weights), stacked(biases)
+    return tuple(weights), biases
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("kv_kind", KINDS)
 @pytest.mark.parametrize("scale", [2, 3, 4])
-@pytest.mark.parametrize("with_bias", [True, False])
-def test_torch_path_matches_reference(dtype, kv_kind, scale, with_bias):
+@pytest.mark.parametrize("form, bias", [("three", "all"), ("views", "some"), ("stacked", "all"), ("three", "none")])
+def test_torch_path_matches_reference(dtype, kv_kind, scale, form, bias):
     num_key_frames, channels, c_out = 3, 19, 13
     spatial, temporal = spatial_and_temporal_inputs(2, scale * num_key_frames, 5, channels, dtype)
     key_qkv = torch.randn(2, num_key_frames, 5, 3 * c_out, dtype=dtype)
-    weight = torch.randn(3 * c_out, channels, dtype=dtype) / channels**0.5
-    bias = torch.randn(3 * c_out, dtype=dtype) if with_bias else None
+    weight, bias = projection_weights(c_out, channels, dtype, form, bias)
     for h in (spatial, temporal):
         check(h, key_qkv, weight, bias, scale, kv_kind, backend="torch")
 
 
-def test_torch_path_projects_the_temporal_layout_without_copying_h(monkeypatch):
-    """The torch path projects the temporal view in its own memory order: no .contiguous() of h."""
+def allocated_bytes(function) -> int:
+    """Bytes the CPU allocator hands out while ``function`` runs (torch profiler's memory events)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities, profile_memory=True) as profile:
+        function()
+    return sum(max(event.self_cpu_memory_usage, 0) for event in profile.events())
+
+
+@pytest.mark.parametrize("form", ["three", "stacked"])
+def test_torch_path_allocates_only_its_outputs(form):
+    """Inference on the temporal view with three projections: the only allocations are the two
+    outputs — no stacked weight, no copy of ``h`` (it is projected in its own memory order) and
+    no stacked copy of the projections (each GEMM writes its column slice). ``sample`` corrects
+    by assignment, so the correction allocates nothing either."""
     _, temporal = spatial_and_temporal_inputs(2, 8, 6, 16, torch.float32)
-    seen = []
-    linear = torch.nn.functional.linear
+    weight, bias = projection_weights(16, 16, torch.float32, form, "all")
+    key_qkv = torch.randn(2, 4, 6, 48)
+    with torch.no_grad():
+        allocated = allocated_bytes(
+            lambda: zs_kernels.corrected_qkv(temporal, key_qkv, weight, bias, scale=2, kv_kind="sample")
+        )
+    assert allocated == 2 * temporal[..., :1].numel() * 48 * 4
 
-    def recording_linear(x, *args):
-        seen.append(x.is_contiguous())
-        return linear(x, *args)
 
-    monkeypatch.setattr(torch.nn.functional, "linear", recording_linear)
-    zs_kernels.corrected_qkv(temporal, torch.randn(2, 4, 6, 48), torch.randn(48, 16), scale=2, kv_kind="box_right")
-    assert seen == [True]
+@pytest.mark.parametrize("kv_kind", KINDS)
+def test_torch_path_under_autograd_matches_reference(kv_kind):
+    """With autograd recording and weights that require grad (an ``nn.Linear`` outside no_grad),
+    the torch path builds the projections out of place: same numbers, gradients reach every weight."""
+    _, temporal = spatial_and_temporal_inputs(1, 6, 4, 8, torch.float64)
+    layers = [torch.nn.Linear(8, 5, dtype=torch.float64) for _ in range(3)]
+    weights, biases = tuple(layer.weight for layer in layers), tuple(layer.bias for layer in layers)
+    key_qkv = torch.randn(1, 3, 4, 15, dtype=torch.float64)
+    results = zs_kernels.corrected_qkv(temporal, key_qkv, weights, biases, scale=2, kv_kind=kv_kind, backend="torch")
+    with torch.no_grad():
+        truths = reference.corrected_qkv(temporal, key_qkv, weights, biases, scale=2, kv_kind=kv_kind)
+    for result, truth in zip(results, truths):
+        torch.testing.assert_close(result, truth, rtol=0, atol=1e-12)
+        assert_in_memory_order_of(result, temporal)
+    sum(result.sum() for result in results).backward()
+    assert all(weight.grad is not None and weight.grad.abs().sum() > 0 for weight in weights)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_unfused_peer_equals_reference(kind):
     """The benches' unfused peer (correct the inputs, then six projections) is SPEC §4 too."""
     h, h_key, weight, bias = make_inputs(2, 3, 3, 4, 10, 6, torch.float64, temporal=True, bias=True)
-    plain, corrected = testing.unfused_corrected_qkv(h, h_key, weight, bias, scale=3, kv_kind=kind)
-    qkv, qkv_hat = reference.corrected_qkv(h, F.linear(h_key, weight, bias), weight, bias, scale=3, kv_kind=kind)
+    plain, corrected = testing.unfused_corrected_qkv(h, h_key, stacked(weight), stacked(bias), scale=3, kv_kind=kind)
+    qkv, qkv_hat = reference.corrected_qkv(h, key_projection(h_key, weight, bias), weight, bias, scale=3, kv_kind=kind)
     torch.testing.assert_close(torch.cat(plain, dim=-1), qkv, rtol=0, atol=1e-12)
     torch.testing.assert_close(torch.cat(corrected, dim=-1), qkv_hat, rtol=0, atol=1e-12)
 
@@ -169,7 +238,9 @@ def test_kernel_matches_unfused_math(kind, dtype, device):
         1, key_frames, scale, 6, 24, 10, dtype, temporal=kind == "box_left", bias=True, device=device
     )
     key_qkv = key_projection(h_key, weight, bias)
-    plain, corrected = testing.unfused_corrected_qkv(*as_double(h, h_key, weight, bias), scale=scale, kv_kind=kind)
+    plain, corrected = testing.unfused_corrected_qkv(
+        *as_double(h, h_key, stacked(weight), stacked(bias)), scale=scale, kv_kind=kind
+    )
     # The kernel and the PyTorch baseline both see key_qkv rounded to dtype; the float64 truth does not.
     check(h, key_qkv, weight, bias, scale, kind, truths=(torch.cat(plain, dim=-1), torch.cat(corrected, dim=-1)))
 
@@ -231,9 +302,10 @@ def test_launcher_offers_the_alignment_family(monkeypatch, device):
     key_qkv = torch.randn(1, 2, 4, 48, device=device).half()
     odd_h, _, odd_weight, _ = make_inputs(1, 2, 2, 4, 30, 16, torch.float16, temporal=True, bias=False, device=device)
     offset_h = torch.randn(1, 4, 4, 33, device=device).half()[..., 1:]  # 2-byte aligned view
-    for h, w in ((aligned_h, weight), (odd_h, odd_weight), (offset_h, weight)):
+    offset_w_v = (weight[0], weight[1], torch.randn(16 * 32 + 1, device=device).half()[1:].view(16, 32))
+    for h, w in ((aligned_h, weight), (odd_h, odd_weight), (offset_h, weight), (aligned_h, offset_w_v)):
         zs_kernels.corrected_qkv(h, key_qkv, w, scale=2, kv_kind="box_right", backend="triton")
-    assert [set(candidates) <= set(kernel.ALIGNED_CONFIGS) for candidates in offered] == [True, False, False]
+    assert [set(candidates) <= set(kernel.ALIGNED_CONFIGS) for candidates in offered] == [True, False, False, False]
     assert all(set(candidates) <= set(kernel.GENERIC_CONFIGS) for candidates in offered[1:])
 
 
@@ -264,10 +336,29 @@ def test_kernel_aligned_sizes_through_the_default_selection(temporal, device):
 
 
 def test_kernel_strided_bias(device):
-    """A bias that is a strided view (e.g. every other entry of a larger vector) is read as such."""
+    """Biases that are strided views (every other entry of a larger vector) are read as such,
+    stacked or one per projection."""
     h, _, weight, _ = make_inputs(2, 4, 3, 5, 20, 12, torch.float32, temporal=False, bias=False, device=device)
-    bias = torch.randn(72, device=device)[::2]
-    check(h, torch.randn(2, 4, 5, 36, device=device), weight, bias, 3, "box_left")
+    key_qkv = torch.randn(2, 4, 5, 36, device=device)
+    check(h, key_qkv, weight, torch.randn(72, device=device)[::2], 3, "box_left")
+    check(h, key_qkv, weight, (torch.randn(24, device=device)[::2], None, torch.randn(36, device=device)[::3]),
+          3, "box_left")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_kernel_projections_of_any_layout(kind, device):
+    """Three projections in different memory: a row slice of a wider tensor (row stride > C), a
+    transposed view (channel stride C_out: the launcher gives it the others' channel stride), a
+    row block of a stacked tensor; biases on some projections only, or a stacked bias."""
+    h, h_key, _, _ = make_inputs(2, 3, 2, 5, 20, 12, torch.float32, temporal=True, bias=False, device=device)
+    wide = torch.randn(12, 27, device=device) / 20**0.5
+    transposed = (torch.randn(20, 12, device=device) / 20**0.5).t()
+    block = torch.randn(36, 20, device=device)[12:24] / 20**0.5
+    weights = (wide[:, :20], transposed, block)
+    for biases in ((None, torch.randn(12, device=device), None), torch.randn(36, device=device)):
+        check(h, key_projection(h_key, weights, biases if isinstance(biases, tuple) else biases.chunk(3)),
+              weights, biases, 2, kind)
+    assert weights[1].stride(1) != weights[0].stride(1)
 
 
 def test_kernel_empty_problem_launches_nothing(device):
@@ -334,8 +425,9 @@ def test_nan_reaches_only_the_outputs_that_depend_on_it(backend, kind, device):
         2, NAN_KEY_FRAMES, NAN_SCALE, NAN_TOKENS, NAN_CHANNELS, NAN_C_OUT, torch.float32, temporal=True, bias=True,
         device=device,
     )
+    # The stacked form, so one index addresses any weight row or bias entry.
     inputs = dict(h=h, key_qkv=torch.randn(2, NAN_KEY_FRAMES, NAN_TOKENS, 3 * NAN_C_OUT, device=device),
-                  weight=weight, bias=bias)
+                  weight=stacked(weight), bias=stacked(bias))
 
     def run(values):
         outputs = zs_kernels.corrected_qkv(**values, scale=NAN_SCALE, kv_kind=kind, backend=backend)
@@ -374,6 +466,30 @@ class TestBadArguments:
         h, key, _ = self.args()
         with raises(ValueError, "weight", "[3*C_out, C=6]", "(14, 6)"):
             zs_kernels.corrected_qkv(h, key, torch.randn(14, 6), scale=2, kv_kind="sample")
+
+    def test_three_weights_must_agree(self):
+        h, key, _ = self.args()
+        weights = (torch.randn(5, 6), torch.randn(4, 6), torch.randn(5, 6))
+        with raises(ValueError, "weight[1] (w_k)", "(5, 6)", "C_out = 5 from w_q", "(4, 6)"):
+            zs_kernels.corrected_qkv(h, key, weights, scale=2, kv_kind="sample")
+        with raises(ValueError, "weight[2] (w_v)", "C = 6 from h", "(5, 7)"):
+            zs_kernels.corrected_qkv(h, key, (weights[0], weights[2], torch.randn(5, 7)), scale=2, kv_kind="sample")
+        with raises(TypeError, "weight[0] (w_q)", "torch.float64", "like h"):
+            zs_kernels.corrected_qkv(h, key, (weights[0].double(), weights[0], weights[0]), scale=2, kv_kind="sample")
+
+    @pytest.mark.parametrize("weight", [(torch.randn(5, 6),) * 2, "w"], ids=["two", "str"])
+    def test_weight_is_three_tensors(self, weight):
+        h, key, _ = self.args()
+        with raises(TypeError, "weight must be a sequence (w_q, w_k, w_v)", "stacked [3*C_out, C]"):
+            zs_kernels.corrected_qkv(h, key, weight, scale=2, kv_kind="sample")
+
+    def test_three_biases(self):
+        h, key, _ = self.args()
+        weights = tuple(torch.randn(5, 6) for _ in range(3))
+        with raises(ValueError, "bias[2] (b_v)", "(5,)", "(4,)"):
+            zs_kernels.corrected_qkv(h, key, weights, (None, None, torch.randn(4)), scale=2, kv_kind="sample")
+        with raises(TypeError, "bias must be None", "(b_q, b_k, b_v)", "a list of length 2"):
+            zs_kernels.corrected_qkv(h, key, weights, [torch.randn(5)] * 2, scale=2, kv_kind="sample")
 
     def test_bias_shape(self):
         h, key, weight = self.args()

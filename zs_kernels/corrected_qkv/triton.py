@@ -1,9 +1,11 @@
 """QKV projection fused with the back-projection correction (SPEC §3–4), one Triton launch.
 
-    qkv     = h · [W_q | W_k | W_v]ᵀ (+ bias)                       [B, t, L, 3·C_out]
+    qkv     = [h·W_qᵀ | h·W_kᵀ | h·W_vᵀ] (+ biases)                  [B, t, L, 3·C_out]
     qkv_hat = Q corrected with ``sample``, K and V with ``kv_kind``  [B, t, L, 3·C_out]
 
-against the key branch's projections ``key_qkv [B, t0, L, 3·C_out]``, ``t = n·t0``.
+against the key branch's projections ``key_qkv [B, t0, L, 3·C_out]``, ``t = n·t0``. The three
+weights (and biases) are separate tensors — a module's ``to_q``, ``to_k``, ``to_v`` as they are:
+each program projects with one of them, so nothing is stacked per call.
 
 Epilogue, not prologue
 ----------------------
@@ -48,15 +50,21 @@ the rows masked (no bytes, only tensor-core time). For n > 8 a group is processe
 frames: the first pass stores ``qkv`` and accumulates the box sum, the second re-reads this
 program's just-written ``qkv`` (L2-resident; 1× extra output read) to write ``qkv_hat``.
 
-Grid: one axis (axis 0, no 65,535 cap) over ``(batch, group, token block, column block)`` with the
-column block fastest, so the programs in flight share their ``h`` rows through L2 and ``h`` is read
-from DRAM once. The K loop accumulates in fp32 (fp32 inputs use IEEE products, like PyTorch's
-default); row offsets are int64, and only ``[BLOCK_M]``/``[BLOCK_N]`` pointer vectors live across
-the loop (per-element addresses are transient), which is what keeps the register count down.
+Grid: one axis (axis 0, no 65,535 cap) over ``(batch, group, token block, projection, column
+block)`` with the column block fastest, so the programs in flight share their ``h`` rows through L2
+and ``h`` is read from DRAM once. A program's columns lie in one projection, so its weight, bias
+and operator (``sample`` or box) are scalars chosen once per program (a ``C_out`` that BLOCK_N
+does not divide masks the last block of each projection: at C_out = 320 a 64-wide tile wastes
+nothing, a 128-wide one 17 %, which the autotuner weighs). The K loop accumulates in
+fp32 (fp32 inputs use IEEE products, like PyTorch's default); row offsets are int64, and only
+``[BLOCK_M]``/``[BLOCK_N]`` pointer vectors live across the loop (per-element addresses are
+transient), which is what keeps the register count down.
 
 Configurations: launches whose pointers are 16-byte aligned and whose channel counts and strides
 are multiples of 16 (C ∈ {320, 640, 1280} in either layout) use :data:`ALIGNED_CONFIGS` —
-vectorised, software-pipelined loads; all others (odd sizes, offset views) load element by element
+vectorised, software-pipelined loads (the three weights share one channel stride, 1 for any
+``nn.Linear`` weight; the launcher copies a weight whose channel stride differs from the others',
+an unusual layout, to make it so); all others (odd sizes, offset views) load element by element
 and use the smaller :data:`GENERIC_CONFIGS`. The launcher prunes tiles larger than the problem
 and :data:`AUTOTUNER` picks among the survivors (timed once per problem key on CUDA;
 ``AUTOTUNER.pinned`` pins one for tests). :func:`aot_configurations` yields every shipped
@@ -98,11 +106,11 @@ GENERIC_CONFIGS = (
 # Frame slots of one M tile: scales 2, 3–4, 5–8 fit one tile; larger scales run in chunks of 8 frames.
 MAX_SLOTS = 8
 
-_POINTER_ARGS = ("h_ptr", "w_ptr", "bias_ptr", "key_ptr", "qkv_ptr", "hat_ptr")
+_POINTER_ARGS = ("h_ptr", "wq_ptr", "wk_ptr", "wv_ptr", "bq_ptr", "bk_ptr", "bv_ptr", "key_ptr", "qkv_ptr", "hat_ptr")
 _UNIT_STRIDE_ARGS = ("stride_hc", "stride_wc", "stride_kc")
 # Integer arguments an aligned launch guarantees to be multiples of 16 (pointers: 16 bytes).
 _ALIGNED_INTEGERS = (
-    "channels", "box_from", "columns", "stride_hb", "stride_ht", "stride_hl", "stride_wn",
+    "channels", "c_out", "stride_hb", "stride_ht", "stride_hl", "stride_wqn", "stride_wkn", "stride_wvn",
     "stride_kb", "stride_kt", "stride_kl", "stride_ob", "stride_ot", "stride_ol",
 )
 
@@ -123,7 +131,8 @@ def _project(
     """fp32 ``[BLOCK_M, BLOCK_N]``: ``Σ_c h[row m, c] · w[cols[n], c] (+ bias[cols[n]])``.
 
     ``h_rows`` ``[BLOCK_M]`` pointers to the rows' first channel, ``w_cols`` ``[BLOCK_N]`` pointers
-    to the weight rows of ``cols``; bias is added to columns below ``bias_columns`` (0: no bias).
+    to the rows ``cols`` of the program's weight; the bias is added to columns below
+    ``bias_columns`` (0: the projection has none).
     Only these row/column pointers live through the loop; each step's tile addresses are transient.
     """
     ks = tl.arange(0, BLOCK_K)
@@ -152,50 +161,55 @@ def _slot_sum(x, SLOTS: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constex
 
 
 @triton.jit
-def _shift(key_rows, key_ok, cols, col_ok, box_col, box_sum, box_count, has_key, stride_kc):
-    """``[BLOCK_L, BLOCK_N]`` fp32: ``y − mean_box`` in box columns (0 when the group is no box),
-    ``y`` itself in ``sample`` columns, with ``y`` the key projection (``key_rows`` ``[BLOCK_L]``
-    pointers). Loaded only now, after the projection, so it does not occupy registers in the loop.
+def _shift(key_rows, key_ok, out_cols, col_ok, is_box, box_sum, box_count, has_key, stride_kc):
+    """``[BLOCK_L, BLOCK_N]`` fp32: ``y − mean_box`` for a box operator (0 when the group is no
+    box), ``y`` itself for ``sample``, with ``y`` the key projection (``key_rows`` ``[BLOCK_L]``
+    pointers, columns ``out_cols`` of ``3 C_out``). Loaded only now, after the projection, so it
+    does not occupy registers in the loop.
     """
-    y_ptrs = key_rows[:, None] + cols.to(tl.int64)[None, :] * stride_kc
+    y_ptrs = key_rows[:, None] + out_cols.to(tl.int64)[None, :] * stride_kc
     y = tl.load(y_ptrs, mask=key_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
-    return tl.where(box_col[None, :], tl.where(has_key, y - box_sum / box_count, 0.0), y)
+    return tl.where(is_box, tl.where(has_key, y - box_sum / box_count, 0.0), y)
 
 
 @triton.jit
-def _correct(value, shift, is_key_row, box_col, SLOTS: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr):
+def _correct(value, shift, is_key_row, is_box, SLOTS: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr):
     """Corrected ``[BLOCK_M, BLOCK_N]`` tile from the projection tile ``value`` and :func:`_shift`:
-    box columns move by the shift, ``sample`` columns take ``y`` on the key frame's rows."""
+    a box operator moves every row by the shift, ``sample`` replaces the key frame's rows by ``y``."""
     shift = _per_row(shift, SLOTS, BLOCK_L, BLOCK_N)
-    return tl.where(box_col[None, :], value + shift, tl.where(is_key_row[:, None], shift, value))
+    return tl.where(is_box, value + shift, tl.where(is_key_row[:, None], shift, value))
 
 
 @triton.jit
 def corrected_qkv_kernel(
-    h_ptr, w_ptr, bias_ptr, key_ptr, qkv_ptr, hat_ptr,
-    tokens, frames, key_frames, groups, channels, box_from, bias_columns, columns, scale, first_frame,
+    h_ptr, wq_ptr, wk_ptr, wv_ptr, bq_ptr, bk_ptr, bv_ptr, key_ptr, qkv_ptr, hat_ptr,
+    tokens, frames, key_frames, groups, channels, c_out, box_from, bias_flags, scale, first_frame,
     stride_hb, stride_ht, stride_hl, stride_hc,
-    stride_wn, stride_wc,
+    stride_wqn, stride_wkn, stride_wvn, stride_wc,
     stride_kb, stride_kt, stride_kl, stride_kc,
     stride_ob, stride_ot, stride_ol,
     SINGLE_CHUNK: tl.constexpr, SLOTS: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """One program: frame group ``g`` of batch ``b``, tokens ``l0 … l0+BLOCK_L−1``, BLOCK_N columns.
+    """One program: frame group ``g`` of batch ``b``, tokens ``l0 … l0+BLOCK_L−1``, BLOCK_N columns
+    of projection ``p`` (0, 1, 2: Q, K, V).
 
-    ``h [B, t, L, C]``, ``w [3 C_out, C]``, ``key [B, t0, L, 3 C_out]`` with any strides, ``bias
-    [3 C_out]`` contiguous; ``qkv``/``hat`` ``[B, t, L, 3 C_out]`` with unit column stride and shared
+    ``h [B, t, L, C]``, ``key [B, t0, L, 3 C_out]`` with any strides; ``wq``/``wk``/``wv``
+    ``[C_out, C]`` with their own row strides and one channel stride ``stride_wc``; ``bq``/``bk``/
+    ``bv`` ``[C_out]`` contiguous, read only where bit ``p`` of ``bias_flags`` is set (otherwise any
+    valid pointer); ``qkv``/``hat`` ``[B, t, L, 3 C_out]`` with unit column stride and shared
     strides. Group ``g`` starts at frame ``first_frame + scale·g`` (:func:`zs_kernels.frames.box_groups`:
-    ``1 − scale`` for ``box_left``, else 0) and ``groups`` of them tile the frames; columns from
-    ``box_from`` on (K and V, or none) use the box operator, the others ``sample``; columns below
-    ``bias_columns`` (all, or none) get the bias.
+    ``1 − scale`` for ``box_left``, else 0) and ``groups`` of them tile the frames; projections from
+    ``box_from`` on (1: K and V, or 3: none) use the box operator, the others ``sample``.
     """
     BLOCK_M: tl.constexpr = SLOTS * BLOCK_L
     pid = tl.program_id(0)
-    column_blocks = tl.cdiv(columns, BLOCK_N)
+    column_blocks = tl.cdiv(c_out, BLOCK_N)
     token_blocks = tl.cdiv(tokens, BLOCK_L)
     col_block = pid % column_blocks
     rest = pid // column_blocks
+    projection = rest % 3
+    rest = rest // 3
     token_block = rest % token_blocks
     rest = rest // token_blocks
     group = rest % groups
@@ -208,9 +222,16 @@ def corrected_qkv_kernel(
     has_key = group < key_frames
     key_frame = scale * group
 
+    # Scalar selects (no branches): this program's weight, bias and operator.
+    w_ptr = tl.where(projection == 0, wq_ptr, tl.where(projection == 1, wk_ptr, wv_ptr))
+    stride_wn = tl.where(projection == 0, stride_wqn, tl.where(projection == 1, stride_wkn, stride_wvn))
+    bias_ptr = tl.where(projection == 0, bq_ptr, tl.where(projection == 1, bk_ptr, bv_ptr))
+    bias_columns = tl.where(((bias_flags >> projection) & 1) != 0, c_out, 0)
+    is_box = projection >= box_from
+
     cols = col_block * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < columns
-    box_col = cols >= box_from
+    col_ok = cols < c_out
+    out_cols = projection * c_out + cols
     w_cols = w_ptr + cols.to(tl.int64) * stride_wn
     tok = token_block * BLOCK_L + tl.arange(0, BLOCK_L)
     key_ok = tok < tl.where(has_key, tokens, 0)
@@ -236,11 +257,11 @@ def corrected_qkv_kernel(
         )
         out_rows = out_base + row_frame.to(tl.int64) * stride_ot
         out_ok = row_ok[:, None] & col_ok[None, :]
-        tl.store((qkv_ptr + out_rows)[:, None] + cols[None, :], acc.to(qkv_ptr.dtype.element_ty), mask=out_ok)
+        tl.store((qkv_ptr + out_rows)[:, None] + out_cols[None, :], acc.to(qkv_ptr.dtype.element_ty), mask=out_ok)
         box_sum = _slot_sum(tl.where(row_ok[:, None], acc, 0.0), SLOTS, BLOCK_L, BLOCK_N)
-        shift = _shift(key_rows, key_ok, cols, col_ok, box_col, box_sum, box_count, has_key, stride_kc)
-        hat = _correct(acc, shift, row_frame == key_frame, box_col, SLOTS, BLOCK_L, BLOCK_N)
-        tl.store((hat_ptr + out_rows)[:, None] + cols[None, :], hat.to(hat_ptr.dtype.element_ty), mask=out_ok)
+        shift = _shift(key_rows, key_ok, out_cols, col_ok, is_box, box_sum, box_count, has_key, stride_kc)
+        hat = _correct(acc, shift, row_frame == key_frame, is_box, SLOTS, BLOCK_L, BLOCK_N)
+        tl.store((hat_ptr + out_rows)[:, None] + out_cols[None, :], hat.to(hat_ptr.dtype.element_ty), mask=out_ok)
     else:
         # The group spans several M tiles: store qkv while summing the box, then correct it.
         box_sum = tl.zeros((BLOCK_L, BLOCK_N), dtype=tl.float32)
@@ -253,11 +274,11 @@ def corrected_qkv_kernel(
             )
             out_rows = out_base + row_frame.to(tl.int64) * stride_ot
             tl.store(
-                (qkv_ptr + out_rows)[:, None] + cols[None, :], acc.to(qkv_ptr.dtype.element_ty),
+                (qkv_ptr + out_rows)[:, None] + out_cols[None, :], acc.to(qkv_ptr.dtype.element_ty),
                 mask=row_ok[:, None] & col_ok[None, :],
             )
             box_sum += _slot_sum(tl.where(row_ok[:, None], acc, 0.0), SLOTS, BLOCK_L, BLOCK_N)
-        shift = _shift(key_rows, key_ok, cols, col_ok, box_col, box_sum, box_count, has_key, stride_kc)
+        shift = _shift(key_rows, key_ok, out_cols, col_ok, is_box, box_sum, box_count, has_key, stride_kc)
         # Make this program's qkv stores visible to all of its threads' loads below.
         tl.debug_barrier()
         for chunk_first in range(first, first + scale, SLOTS):
@@ -265,9 +286,9 @@ def corrected_qkv_kernel(
             row_ok = (row_frame < first + scale) & (row_frame >= 0) & (row_frame < frames) & row_tok_ok
             out_rows = out_base + row_frame.to(tl.int64) * stride_ot
             out_ok = row_ok[:, None] & col_ok[None, :]
-            value = tl.load((qkv_ptr + out_rows)[:, None] + cols[None, :], mask=out_ok, other=0.0).to(tl.float32)
-            hat = _correct(value, shift, row_frame == key_frame, box_col, SLOTS, BLOCK_L, BLOCK_N)
-            tl.store((hat_ptr + out_rows)[:, None] + cols[None, :], hat.to(hat_ptr.dtype.element_ty), mask=out_ok)
+            value = tl.load((qkv_ptr + out_rows)[:, None] + out_cols[None, :], mask=out_ok, other=0.0)
+            hat = _correct(value.to(tl.float32), shift, row_frame == key_frame, is_box, SLOTS, BLOCK_L, BLOCK_N)
+            tl.store((hat_ptr + out_rows)[:, None] + out_cols[None, :], hat.to(hat_ptr.dtype.element_ty), mask=out_ok)
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -275,35 +296,49 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _fits(config: LaunchConfig, scale: int, tokens: int, channels: int, columns: int) -> bool:
+def _fits(config: LaunchConfig, scale: int, tokens: int, channels: int, c_out: int) -> bool:
     """Whether no tile dimension exceeds the problem's (rounded up to 32): bigger tiles only add masked work."""
     block_l = config["block_m"] // slots(scale)
     return (
-        config["block_n"] <= max(32, triton.next_power_of_2(columns))
+        config["block_n"] <= max(32, triton.next_power_of_2(c_out))
         and config["block_k"] <= max(32, triton.next_power_of_2(channels))
         and block_l <= max(32 // slots(scale), triton.next_power_of_2(tokens))
     )
 
 
-def _arguments(h, key_qkv, weight, bias, scale: int, kv_kind: str, qkv, hat) -> dict:
+def _one_channel_stride(weights):
+    """The weights with one shared channel stride, as the kernel reads them: unchanged when they
+    already share one (every ``nn.Linear`` weight, any row slices of one tensor), else those whose
+    channel stride is not 1 are copied contiguous (``[C_out, C]`` each, an unusual layout)."""
+    if weights[0].shape[1] <= 1 or len({weight.stride(1) for weight in weights}) == 1:
+        return weights
+    return tuple(weight if weight.stride(1) == 1 else weight.contiguous() for weight in weights)
+
+
+def _arguments(h, key_qkv, weights, biases, scale: int, kv_kind: str, qkv, hat) -> dict:
     """The kernel's runtime arguments by name (see :func:`corrected_qkv_kernel`)."""
     batch, num_frames, tokens, channels = h.shape
-    columns = weight.shape[0]
+    w_q, w_k, w_v = _one_channel_stride(weights)
     groups = frames.box_groups(kv_kind, num_frames // scale, scale)
     strides = {
         "stride_hb": h.stride(0), "stride_ht": h.stride(1), "stride_hl": h.stride(2), "stride_hc": h.stride(3),
-        "stride_wn": weight.stride(0), "stride_wc": weight.stride(1),
+        "stride_wqn": w_q.stride(0), "stride_wkn": w_k.stride(0), "stride_wvn": w_v.stride(0),
+        "stride_wc": w_q.stride(1),
         "stride_kb": key_qkv.stride(0), "stride_kt": key_qkv.stride(1), "stride_kl": key_qkv.stride(2),
         "stride_kc": key_qkv.stride(3),
         "stride_ob": qkv.stride(0), "stride_ot": qkv.stride(1), "stride_ol": qkv.stride(2),
     }
+    # The kernel reads a bias with unit stride: a strided view is copied (C_out elements). An
+    # absent bias is never read; its projection's weight stands in as a valid pointer.
+    b_q, b_k, b_v = (
+        weight if bias is None else bias.contiguous() for weight, bias in zip((w_q, w_k, w_v), biases)
+    )
     return {
-        # The kernel reads the bias with unit stride; a strided view is copied (3·C_out elements).
-        "h_ptr": h, "w_ptr": weight, "bias_ptr": weight if bias is None else bias.contiguous(), "key_ptr": key_qkv,
-        "qkv_ptr": qkv, "hat_ptr": hat,
+        "h_ptr": h, "wq_ptr": w_q, "wk_ptr": w_k, "wv_ptr": w_v, "bq_ptr": b_q, "bk_ptr": b_k, "bv_ptr": b_v,
+        "key_ptr": key_qkv, "qkv_ptr": qkv, "hat_ptr": hat,
         "tokens": tokens, "frames": num_frames, "key_frames": groups.boxes, "groups": groups.count,
-        "channels": channels, "box_from": columns if kv_kind == "sample" else columns // 3,
-        "bias_columns": 0 if bias is None else columns, "columns": columns,
+        "channels": channels, "c_out": w_q.shape[0], "box_from": 3 if kv_kind == "sample" else 1,
+        "bias_flags": sum(1 << index for index, bias in enumerate(biases) if bias is not None),
         "scale": scale, "first_frame": groups.first, **strides,
     }
 
@@ -315,12 +350,14 @@ def _aligned(arguments: dict) -> bool:
 
 
 def _launch(config: LaunchConfig, arguments: dict) -> None:
-    """Launch the kernel with ``config`` on one axis-0 program per (batch, group, token block, column block)."""
-    scale, tokens, columns = arguments["scale"], arguments["tokens"], arguments["columns"]
+    """Launch the kernel with ``config`` on one axis-0 program per (batch, group, token block,
+    projection, column block)."""
+    scale, tokens, c_out = arguments["scale"], arguments["tokens"], arguments["c_out"]
     frame_slots = slots(scale)
     block_l = config["block_m"] // frame_slots
     batch = arguments["h_ptr"].shape[0]
-    grid = (batch * arguments["groups"] * triton.cdiv(tokens, block_l) * triton.cdiv(columns, config["block_n"]),)
+    column_blocks = 3 * triton.cdiv(c_out, config["block_n"])
+    grid = (batch * arguments["groups"] * triton.cdiv(tokens, block_l) * column_blocks,)
     if grid[0] == 0:
         return
     corrected_qkv_kernel[grid](
@@ -336,12 +373,13 @@ def _launch(config: LaunchConfig, arguments: dict) -> None:
     )
 
 
-def corrected_qkv(h, key_qkv, weight, bias, scale: int, kv_kind: str):
+def corrected_qkv(h, key_qkv, weights, biases, scale: int, kv_kind: str):
     """Fused projection and correction; arguments validated by :func:`zs_kernels.corrected_qkv`.
 
     Args:
         h: ``[B, t, L, C]`` any strides; key_qkv: ``[B, t / scale, L, 3 C_out]``;
-        weight: ``[3 C_out, C]``; bias: ``[3 C_out]`` or None; all one dtype and device.
+        weights: ``(w_q, w_k, w_v)``, each ``[C_out, C]`` with any strides; biases: ``(b_q, b_k,
+        b_v)``, each ``[C_out]`` or None; all one dtype and device.
         scale: integer ``n >= 2``; kv_kind: ``"sample" | "box_left" | "box_right"``.
 
     Returns:
@@ -358,14 +396,15 @@ def corrected_qkv(h, key_qkv, weight, bias, scale: int, kv_kind: str):
             f"the Triton QKV correction supports float16, bfloat16 and float32, got h of dtype {h.dtype}; "
             "use backend='torch'"
         )
-    qkv = layout.empty_projection(h, weight.shape[0])
-    hat = layout.empty_projection(h, weight.shape[0])
-    arguments = _arguments(h, key_qkv, weight, bias, scale, kv_kind, qkv, hat)
+    columns = 3 * weights[0].shape[0]
+    qkv = layout.empty_projection(h, columns)
+    hat = layout.empty_projection(h, columns)
+    arguments = _arguments(h, key_qkv, weights, biases, scale, kv_kind, qkv, hat)
     family = ALIGNED_CONFIGS if _aligned(arguments) else GENERIC_CONFIGS
-    sizes = (scale, arguments["tokens"], arguments["channels"], arguments["columns"])
+    sizes = (scale, arguments["tokens"], arguments["channels"], arguments["c_out"])
     candidates = [config for config in family if _fits(config, *sizes)] or [family[-1]]
     key = (h.dtype, h.device, tuple(h.shape), h.stride(), family, *sizes, arguments["box_from"])
-    key += (arguments["bias_columns"],)
+    key += (arguments["bias_flags"],)
     config = AUTOTUNER.choose(key, candidates, lambda config: _launch(config, arguments), h.device)
     _launch(config, arguments)
     return qkv, hat
