@@ -90,7 +90,8 @@ class Traffic:
 
 @dataclasses.dataclass(frozen=True)
 class KernelTraffic:
-    """What :func:`count_kernel` counted (see the module docstring for each figure)."""
+    """What :func:`count_kernel` counted (see the module docstring for each figure); ``programs``
+    counts the programs that loaded or stored anything, over all ``launches``."""
 
     issued: Traffic
     per_program: Traffic
@@ -111,7 +112,7 @@ class _KernelRecorder:
         self._current: tuple[list, list] = ([], [])
         self._finished: tuple[list, list] = ([], [])
 
-    def launch(self, grid_dim) -> None:
+    def launch(self) -> None:
         self._finish_program()
         self._launches += 1
 
@@ -172,7 +173,7 @@ def _counting_interpreter() -> Iterator[_KernelRecorder]:
         return store(pointers, value, mask, cache_policy)
 
     def counted_grid(*grid_dim):
-        recorder.launch(grid_dim)
+        recorder.launch()
         return set_grid_dim(*grid_dim)
 
     def refuse(name):
