@@ -33,7 +33,7 @@ def test_stage_shapes_and_shared_noise(cascade):
     assert cascade.step_noise is None  # Euler adds no noise
     # EDM timesteps are not training timesteps: the strength follows the progress 1 - k/N.
     assert cascade.blend_per_step == pytest.approx([0.8, 0.4])
-    assert cascade.residual_per_step == [0.0, 0.0]  # the residual-stream correction is opt-in
+    assert cascade.residual_per_step == [1.0, 1.0]  # the residual-stream correction acts at every step by default
 
 
 def test_key_branch_is_bit_identical_to_the_plain_pipeline(pipe, cascade):
@@ -49,10 +49,10 @@ def test_key_state_cache_holds_one_step(cascade):
 
 
 def test_strength_zero_full_window_equals_direct_inference(pipe):
-    """With w = 0, one window over all frames and integer positions, the long branch is the base
-    model at 8 frames with fps · 2 and guidance over 8 frames, up to float rounding (fused QKV
-    projection)."""
-    config = ZeroSmoothConfig(strength=0.0, temporal_windows=False, interpolate_positions=False)
+    """With w = 0, no residual-stream correction, one window over all frames and integer positions,
+    the long branch is the base model at 8 frames with fps · 2 and guidance over 8 frames, up to
+    float rounding (fused QKV projection)."""
+    config = ZeroSmoothConfig(strength=0.0, residual_strength=0.0, temporal_windows=False, interpolate_positions=False)
     long = ZeroSmooth(pipe, config)(generator=generator(1), progress_bar=False,
                                     **svd_kwargs(output_type="latent", fps=7))
     direct = pipe(generator=generator(1), latents=long.noise, **svd_kwargs(output_type="latent", num_frames=8, fps=14))
@@ -72,8 +72,8 @@ def _hooked(pipe) -> list[str]:
     return [name for name, module in pipe.unet.named_modules() if hooks.installed(module)]
 
 
-@pytest.mark.parametrize("config", [ZeroSmoothConfig(), ZeroSmoothConfig(residual_strength=0.5,
-                                                                          residual_sites=("resnets", "temporal"))])
+@pytest.mark.parametrize("config", [ZeroSmoothConfig(residual_strength=0.0), ZeroSmoothConfig(),
+                                    ZeroSmoothConfig(residual_strength=0.5, residual_sites=("resnets", "temporal"))])
 def test_enable_disable_restores_the_pipeline(pipe, config):
     reference = frames(pipe(generator=generator(2), **svd_kwargs(num_inference_steps=1)))
     originals = dict(pipe.unet.attn_processors)

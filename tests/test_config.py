@@ -101,6 +101,6 @@ def test_schedule_windows_and_curves():
     assert [decay.residual(k, 4, 0, None) for k in range(4)] == [0.0, 0.0, 0.5, 0.25]
     cosine = ZeroSmoothConfig(strength=1.0, strength_schedule="cosine")
     assert [cosine.blend(k, 4, 0, None) for k in range(4)] == pytest.approx([1.0, 0.853553, 0.5, 0.146447], abs=1e-6)
-    assert ZeroSmoothConfig().residual(0, 4, 0, None) == 0.0  # off by default
+    assert [ZeroSmoothConfig().residual(k, 4, 0, None) for k in range(4)] == [1.0] * 4  # on at every step by default
     ddnm = ZeroSmoothConfig(ddnm_strength=0.6, ddnm_window=(0.0, 0.25))
     assert [ddnm.ddnm(k, 4, 0, None) for k in range(4)] == [0.6, 0.0, 0.0, 0.0]
