@@ -6,7 +6,7 @@ layers added on top.
         --export zerosmooth/demo/world_svd                                      # a later sitting
 
 The model is a small Stable-Video-Diffusion-style image-to-video pipeline (64×64 px frames, 14
-frames at 7 fps, ~38 MB of safetensors) trained on the procedural world (:mod:`zerosmooth.lab.world`).
+frames at 7 fps, ~36 MB of safetensors) trained on the procedural world (:mod:`zerosmooth.lab.world`).
 Phases, each deterministic in ``--seed`` and resumable from its checkpoint in ``--out``:
 
 1. ``vae`` — an ``AutoencoderKLTemporalDecoder`` with spatial factor 4 (64 px frames → 16×16×4
@@ -740,9 +740,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vae-only", action="store_true", help="train the VAE phases only")
     p.add_argument("--temporal-decoder-steps", type=int, default=0,
                    help="steps of the temporal-decoder phase (0: the per-frame decoder is shipped)")
-    p.add_argument("--image-steps", type=int, default=2500, help="UNet steps on single frames")
+    p.add_argument("--image-steps", type=int, default=2000, help="UNet steps on single frames")
     p.add_argument("--image-batch", type=int, default=32, help="frames per image step")
-    p.add_argument("--video-steps", type=int, default=3500, help="UNet steps on clips")
+    p.add_argument("--video-steps", type=int, default=1300, help="UNet steps on clips")
     p.add_argument("--batch", type=int, default=3, help="clips per video step")
     p.add_argument("--spatial-lr-factor", type=float, default=0.1,
                    help="learning rate of the spatial layers in the video phase, relative to --lr (0: frozen)")
