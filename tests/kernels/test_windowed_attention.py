@@ -308,7 +308,9 @@ class PathSpy:
 )
 def test_torch_path_every_block_size(monkeypatch, num_frames, window, stride, head_dim):
     """The banded formulation with every block height it may take (the cost model picks one):
-    tails, blocks that repeat frames of the one before, bands clamped at either end, no overlap."""
+    tail windows, a last block padded past the last frame, bands reaching into the neighbouring
+    sequences and the buffer's margins, no overlap. Fresh random inputs, NaN-filled outputs, the
+    error rule of :func:`check` (at most 2× PyTorch's own error at the dtype)."""
     q, k, v = strided_qkv(2, 3, num_frames, head_dim, torch.float32)
     spy = PathSpy(monkeypatch)
     for rows in block_candidates(num_frames, stride):
