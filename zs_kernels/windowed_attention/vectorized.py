@@ -167,8 +167,10 @@ def block_rows(num_frames: int, window: int, stride: int, head_dim: int) -> int:
 
 
 class _BandBuffers:
-    """Zero-initialised buffers of one call's chunks: queries (scaled), keys and values of ``count``
-    sequences ([N·H]) laid out as :class:`_BandPlan` says, reused by every chunk and pass."""
+    """Buffers of one call's chunks: queries (scaled), keys and values of ``count`` sequences
+    ([N·H]) laid out as :class:`_BandPlan` says, reused by every chunk and pass. The margins and
+    each sequence's frames past ``F`` stay zero; a last chunk smaller than the others leaves the
+    previous chunk's frames after it, which its last bands may read (at weight 0)."""
 
     def __init__(self, plan: _BandPlan, count: int, head_dim: int, device, dtype):
         self.plan, self.head_dim = plan, head_dim
