@@ -278,6 +278,127 @@ def test_torch_path_with_bias_and_dual_pass(dtype, weighting):
     )
 
 
+def block_candidates(num_frames, stride):
+    """Every block height the banded formulation may take: multiples of the stride below F, and F."""
+    return list(range(stride, num_frames, stride)) + [num_frames]
+
+
+class PathSpy:
+    """Counts the calls of the torch path's formulations, still running them."""
+
+    def __init__(self, monkeypatch):
+        self.calls = {"plain_attention": 0, "banded": 0, "per_window": 0}
+        for name in self.calls:
+            original = getattr(vectorized, f"_{name}")
+
+            def counted(*args, name=name, original=original):
+                self.calls[name] += 1
+                return original(*args)
+
+            monkeypatch.setattr(vectorized, f"_{name}", counted)
+
+    def only(self, name, count):
+        """Assert that ``name`` ran ``count`` times and no other formulation ran."""
+        assert self.calls == {**dict.fromkeys(self.calls, 0), name: count}, self.calls
+
+
+@pytest.mark.parametrize(
+    "num_frames, window, stride, head_dim",
+    [(37, 16, 4, 40), (29, 14, 7, 16), (64, 16, 8, 24), (20, 7, 3, 12), (33, 16, 16, 8), (13, 5, 1, 8)],
+)
+def test_torch_path_every_block_size(monkeypatch, num_frames, window, stride, head_dim):
+    """The banded formulation with every block height it may take (the cost model picks one):
+    tail windows, a last block padded past the last frame, bands reaching into the neighbouring
+    sequences and the buffer's margins, no overlap. Fresh random inputs, NaN-filled outputs, the
+    error rule of :func:`check` (at most 2× PyTorch's own error at the dtype)."""
+    q, k, v = strided_qkv(2, 3, num_frames, head_dim, torch.float32)
+    spy = PathSpy(monkeypatch)
+    for rows in block_candidates(num_frames, stride):
+        monkeypatch.setattr(vectorized, "block_rows", lambda *args, rows=rows: rows)
+        check(q, k, v, backend="torch", window=window, stride=stride)
+    spy.only("banded", len(block_candidates(num_frames, stride)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_torch_path_every_block_size_with_bias_and_dual_pass(monkeypatch, dtype):
+    q, k, v = strided_qkv(2, 3, 23, 40, dtype)
+    corrected = tuple(strided_qkv(2, 3, 23, 40, dtype))
+    rel_k, rel_v = (torch.randn(9, 40, dtype=dtype) for _ in range(2))
+    for rows in block_candidates(23, 3):
+        monkeypatch.setattr(vectorized, "block_rows", lambda *args, rows=rows: rows)
+        check(
+            q, k, v, backend="torch", window=8, stride=3, softmax_scale=0.2, rel_k=rel_k, rel_v=rel_v,
+            corrected=corrected, blend=0.7,
+        )
+
+
+def test_block_rows_cost_model():
+    """Long sequences are cut into blocks (scoring all F² pairs would waste most of the work);
+    the model's full-matrix cost is one block of F × F."""
+    assert vectorized.block_rows(128, 16, 8, 40) < 128
+    assert vectorized.block_rows(128, 16, 8, 40) % 8 == 0
+    full = vectorized.block_cost(64, 16, 8, 40, 64)
+    per_block = vectorized.BLOCK_COST_NS[0] + 40 * vectorized.BLOCK_COST_NS[1]
+    per_element = vectorized.ELEMENT_COST_NS[0] + 40 * vectorized.ELEMENT_COST_NS[1]
+    assert full == pytest.approx(per_block + 64 * 64 * per_element)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("num_frames, window", [(5, 8), (16, 16), (1, 4)])
+def test_torch_path_single_window(monkeypatch, dtype, num_frames, window):
+    """F <= W is plain attention: SDPA without relative tables (one call per pass), else one
+    banded block whose band is the window, a plain softmax."""
+    q, k, v = strided_qkv(3, 2, num_frames, 24, dtype)
+    corrected = tuple(strided_qkv(3, 2, num_frames, 24, dtype))
+    rel_k, rel_v = (torch.randn(5, 24, dtype=dtype) for _ in range(2))
+    spy = PathSpy(monkeypatch)
+    check(q, k, v, backend="torch", window=window, stride=4)
+    check(q, k, v, backend="torch", window=window, stride=4, softmax_scale=0.3, corrected=corrected, blend=0.4)
+    spy.only("plain_attention", 3)
+    spy = PathSpy(monkeypatch)
+    check(q, k, v, backend="torch", window=window, stride=4, rel_k=rel_k, rel_v=rel_v, corrected=corrected, blend=0.4)
+    spy.only("banded", 2)
+    assert vectorized.block_rows(num_frames, window, 4, 24) == num_frames
+    assert vectorized._band_plan(num_frames, window, 4, "pyramid", num_frames, "cpu", torch.float32).plain
+
+
+def test_formulation_reaches_every_path():
+    """The selection: SDPA for one window without tables, the banded blocks otherwise with the
+    cost model's block height, the per-window form under torch.compile."""
+    assert vectorized.formulation(12, 16, 4, 40, tables=False, compiling=False) == ("sdpa", None)
+    assert vectorized.formulation(12, 16, 4, 40, tables=True, compiling=False) == ("banded", 12)
+    assert vectorized.formulation(128, 16, 8, 40, tables=False, compiling=False) == (
+        "banded", vectorized.block_rows(128, 16, 8, 40)
+    )
+    for tables in (False, True):
+        assert vectorized.formulation(12, 16, 4, 40, tables=tables, compiling=True) == ("per_window", None)
+        assert vectorized.formulation(128, 16, 8, 40, tables=tables, compiling=True) == ("per_window", None)
+
+
+@pytest.mark.parametrize("source, formulations", [
+    ("q", {"banded": 2, "per_window": 1}), ("q_hat", {"banded": 2, "per_window": 1}), ("k", {"plain_attention": 2})
+])
+def test_torch_path_single_window_non_finite_query(monkeypatch, source, formulations):
+    """SDPA's CPU kernel drops a NaN query: one window with a non-finite query (either pass)
+    takes the banded formulation (both passes), which hands the poisoned pass to the per-window
+    form; a NaN key stays with SDPA, which propagates it."""
+    names = ("q", "k", "v", "q_hat", "k_hat", "v_hat")
+    inputs = dict(zip(names, strided_qkv(2, 2, 6, 8, torch.float32) + strided_qkv(2, 2, 6, 8, torch.float32)))
+    inputs[source][1, 0, 2, 3] = float("nan")
+    spy = PathSpy(monkeypatch)
+    out = zs_kernels.windowed_attention(
+        inputs["q"], inputs["k"], inputs["v"], window=8, stride=4, backend="torch",
+        corrected=(inputs["q_hat"], inputs["k_hat"], inputs["v_hat"]), blend=0.5,
+    )
+    assert spy.calls == {**dict.fromkeys(spy.calls, 0), **formulations}
+    expected = torch.zeros_like(out, dtype=torch.bool)
+    if source == "k":
+        expected[1, 0] = True
+    else:
+        expected[1, 0, 2] = True
+    assert torch.equal(out.isnan(), expected)
+
+
 def test_torch_path_large_score_ranges_stay_exact():
     """Scores spanning > 100 inside a window, and windows whose keys all score far below another
     window sharing the query, stay exact (each window's softmax is stabilised by its own maximum)."""
@@ -291,7 +412,7 @@ def test_torch_path_large_score_ranges_stay_exact():
         torch.testing.assert_close(result.double(), oracle, rtol=1e-4, atol=1e-4)
 
 
-def test_torch_path_underflowing_window_sums_stay_exact():
+def test_torch_path_underflowing_window_sums_stay_exact(monkeypatch):
     """Window [0, 16) scores far below window [8, 24)'s keys for query 12: one shared exponential
     would underflow that window's sum to 0, so the op must stabilise each window separately."""
     q, k, v = (torch.randn(1, 1, 32, 8) for _ in range(3))
@@ -301,24 +422,40 @@ def test_torch_path_underflowing_window_sums_stay_exact():
     expected = reference.windowed_attention(
         q.double(), k.double(), v.double(), window=16, stride=8, softmax_scale=1.0
     )
+    spy = PathSpy(monkeypatch)
     result = zs_kernels.windowed_attention(q, k, v, window=16, stride=8, softmax_scale=1.0, backend="torch")
     torch.testing.assert_close(result.double(), expected, rtol=1e-5, atol=1e-5)
+    assert spy.calls == {"plain_attention": 0, "banded": 1, "per_window": 1}, "the banded form must hand the chunk on"
 
 
-def test_torch_path_processes_batches_in_chunks(monkeypatch):
-    monkeypatch.setattr(vectorized, "CHUNK_ELEMENTS", 2 * 16 * 16)  # two sequences per chunk
-    q, k, v = (torch.randn(5, 1, 16, 8, dtype=torch.float64) for _ in range(3))
+@pytest.mark.parametrize("capacity, chunks", [(1, 5), (2 * 2 * 3 * 4 * 12, 3)])
+def test_torch_path_processes_batches_in_chunks(monkeypatch, capacity, chunks):
+    """One sequence row per chunk, or two with a last chunk of one, whose band reads the previous
+    chunk's frames left in the buffer."""
+    monkeypatch.setattr(vectorized, "CHUNK_ELEMENTS", capacity)
+    monkeypatch.setattr(vectorized, "block_rows", lambda *args: 4)  # 3 blocks of 4 rows, band 12
+    spy = PathSpy(monkeypatch)
+    q, k, v = (torch.randn(5, 2, 12, 8, dtype=torch.float64) for _ in range(3))
     expected = reference.windowed_attention(q, k, v, window=6, stride=2)
     torch.testing.assert_close(zs_kernels.windowed_attention(q, k, v, window=6, stride=2), expected)
+    spy.only("banded", chunks)
 
 
-@pytest.mark.parametrize("num_frames, window, stride", [(37, 16, 4), (20, 7, 3), (5, 8, 2), (40, 16, 16)])
+def test_torch_path_empty_batch():
+    q = torch.randn(0, 2, 20, 8)
+    assert zs_kernels.windowed_attention(q, q, q, window=8, stride=4, backend="torch").shape == q.shape
+
+
+@pytest.mark.parametrize(
+    "num_frames, window, stride, tables",
+    [(37, 16, 4, True), (20, 7, 3, True), (5, 8, 2, True), (40, 16, 16, True), (20, 7, 3, False), (5, 8, 2, False)],
+)
 @torch.no_grad()
-def test_torch_path_compiles_fullgraph(num_frames, window, stride):
+def test_torch_path_compiles_fullgraph(num_frames, window, stride, tables):
     """Under torch.compile the torch path traces without graph breaks (its per-window form: no
     data-dependent branch) and matches the oracle, relative tables and dual pass included."""
     q, k, v, q_hat, k_hat, v_hat = (torch.randn(2, 2, num_frames, 12, dtype=torch.float64) for _ in range(6))
-    rel_k, rel_v = (torch.randn(7, 12, dtype=torch.float64) for _ in range(2))
+    rel_k, rel_v = (torch.randn(7, 12, dtype=torch.float64) if tables else None for _ in range(2))
     options = dict(
         window=window, stride=stride, softmax_scale=0.25, rel_k=rel_k, rel_v=rel_v,
         corrected=(q_hat, k_hat, v_hat), blend=0.4,
@@ -540,8 +677,10 @@ def test_kernel_empty_batch(device):
 
 # --- non-finite inputs -------------------------------------------------------------------------
 
-# Windows [0, 6), [3, 9), [6, 12) and the tail [8, 14); tables of radius 2 < 5 clip distances.
-NAN_FRAMES, NAN_WINDOW, NAN_STRIDE, NAN_RADIUS = 14, 6, 3, 2
+# (frames, window, stride): windows [0, 6), [3, 9), [6, 12) and the tail [8, 14); or one window
+# (plain attention, F < W). Tables of radius 2 clip distances.
+NAN_GEOMETRIES = {"windows": (14, 6, 3), "one_window": (5, 8, 4)}
+NAN_RADIUS = 2
 
 
 def window_mates(num_frames, window, stride):
@@ -561,14 +700,14 @@ def bucket_users(num_frames, window, stride, radius):
     return users
 
 
-def expected_nan(backend, source, shape, index):
+def expected_nan(backend, source, shape, index, window, stride):
     """The documented NaN pattern of the output for a NaN at ``index`` of input ``source``."""
     n, h, num_frames, d = shape
     expected = torch.zeros(shape, dtype=torch.bool)
-    mates = window_mates(num_frames, NAN_WINDOW, NAN_STRIDE)
+    mates = window_mates(num_frames, window, stride)
     if source in ("rel_k", "rel_v"):
         row, channel = index
-        users = bucket_users(num_frames, NAN_WINDOW, NAN_STRIDE, NAN_RADIUS)[:, row]
+        users = bucket_users(num_frames, window, stride, NAN_RADIUS)[:, row]
         if source == "rel_k":
             expected[:, :, users, :] = True
         elif backend == "reference":
@@ -591,22 +730,17 @@ NAN_CASES = [("plain", source) for source in ("q", "k", "v")] + [
 ]
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch", "triton"])
-@pytest.mark.parametrize("features, source", NAN_CASES, ids=lambda value: str(value))
-@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's numpy
-def test_nan_reaches_only_the_outputs_that_depend_on_it(backend, features, source, device):
-    """NaN in one element reaches exactly the documented outputs (see the op's docstring) on
-    every backend, with and without relative tables and the dual pass; every other output is
-    bit-identical to the clean run."""
-    if backend != "triton":
-        device = torch.device("cpu")
-    shape = (2, 1, NAN_FRAMES, 16)
+def assert_nan_reaches_only_dependents(backend, features, source, geometry, device):
+    """NaN in one element reaches exactly the documented outputs (see the op's docstring); every
+    other output is bit-identical to the clean run (the torch path: equal up to rounding)."""
+    num_frames, window, stride = geometry
+    shape = (2, 1, num_frames, 16)
     names = ("q", "k", "v", "q_hat", "k_hat", "v_hat")
     inputs = dict(zip(names, make_inputs(shape, torch.float32, count=6, device=device)))
     inputs["rel_k"], inputs["rel_v"] = (torch.randn(2 * NAN_RADIUS + 1, 16, device=device) for _ in range(2))
 
     def run(values):
-        options = dict(window=NAN_WINDOW, stride=NAN_STRIDE, backend=backend)
+        options = dict(window=window, stride=stride, backend=backend)
         if features == "rpe+dual":
             options.update(
                 rel_k=values["rel_k"], rel_v=values["rel_v"],
@@ -619,14 +753,41 @@ def test_nan_reaches_only_the_outputs_that_depend_on_it(backend, features, sourc
     if source in ("rel_k", "rel_v"):
         indices = [(0, 5), (2 * NAN_RADIUS, 15)]
     else:
-        indices = [(1, 0, 0, 3), (0, 0, NAN_FRAMES - 1, 15)]
+        indices = [(1, 0, 0, 3), (0, 0, num_frames - 1, 15)]
     for index in indices:
         poisoned = dict(inputs, **{source: inputs[source].clone()})
         poisoned[source][index] = float("nan")
         result = run(poisoned)
-        expected = expected_nan(backend, source, shape, index)
+        expected = expected_nan(backend, source, shape, index, window, stride)
         assert torch.equal(result.isnan(), expected), (index, (result.isnan() ^ expected).nonzero()[:5].tolist())
-        assert torch.equal(result[~expected], clean[~expected]), index
+        if backend == "torch":
+            # The torch path hands a chunk holding a non-finite input to another formulation, so
+            # its other outputs equal the clean run's up to float32 rounding, not bit for bit.
+            torch.testing.assert_close(result[~expected], clean[~expected], rtol=1e-5, atol=1e-6)
+        else:
+            assert torch.equal(result[~expected], clean[~expected]), index
+
+
+@pytest.mark.parametrize("geometry", list(NAN_GEOMETRIES))
+@pytest.mark.parametrize("backend", ["reference", "torch", "triton"])
+@pytest.mark.parametrize("features, source", NAN_CASES, ids=lambda value: str(value))
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's numpy
+def test_nan_reaches_only_the_outputs_that_depend_on_it(backend, features, source, geometry, device):
+    """On every backend, with and without relative tables and the dual pass, over several
+    windows and one."""
+    if backend != "triton":
+        device = torch.device("cpu")
+    assert_nan_reaches_only_dependents(backend, features, source, NAN_GEOMETRIES[geometry], device)
+
+
+@pytest.mark.parametrize("features, source", [("plain", "k"), ("plain", "v"), ("rpe+dual", "v_hat")])
+def test_torch_path_nan_every_block_size(monkeypatch, features, source):
+    """The banded blocks' band holds keys outside a row's windows: a NaN there stays out of the
+    row whatever the block size."""
+    num_frames, window, stride = NAN_GEOMETRIES["windows"]
+    for rows in block_candidates(num_frames, stride):
+        monkeypatch.setattr(vectorized, "block_rows", lambda *args, rows=rows: rows)
+        assert_nan_reaches_only_dependents("torch", features, source, (num_frames, window, stride), "cpu")
 
 
 # --- bad arguments and the deprecated name ----------------------------------------------------

@@ -134,7 +134,7 @@ def windowed_attention(
     that depend on it and no further; ±Inf follows IEEE arithmetic there, e.g. a score of −Inf
     masks its key): a NaN in ``q`` at frame ``f`` makes output frame ``f`` NaN; in ``k`` at frame
     ``j``, every output frame sharing a window with ``j``; in ``v[..., j, d]``, channel ``d`` of
-    those frames (the torch backend writes NaN there for ±Inf too). Other sequences, heads and
+    those frames (the torch backend may write NaN there for ±Inf too). Other sequences, heads and
     frames are unaffected, on every backend. The same holds for ``q_hat, k_hat, v_hat`` (whatever
     ``blend``, since ``0 · NaN`` is NaN). A non-finite row of ``rel_k`` reaches the frames whose
     windows hold a pair at that distance; a non-finite entry of ``rel_v`` reaches those frames on
