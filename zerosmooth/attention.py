@@ -152,7 +152,8 @@ class AttentionHook(ZeroSmoothHook):
         """Cross-attention: the condition is the same for every frame, so only Q is corrected, with
         ``sample``: Q̂ is Q except at the key frames, where it is the key branch's Q (``key_states``).
         Each query row attends on its own, so ô differs from o only at the key frames, and only those
-        rows are attended a second time. Returns the blended output in the module layout."""
+        rows are attended a second time (none when the condition is a single token). Returns the
+        blended output in the module layout."""
         config, scale = session.config, session.config.scale
         query = module.to_q(hidden_states)
         key = module.to_k(encoder_hidden_states)
@@ -165,6 +166,10 @@ class AttentionHook(ZeroSmoothHook):
                 self._frames_view(query, step), key_states, "sample", scale, frame_dim=1, backend=backend
             )
             self._record(session, step, query_hat)
+        if key.shape[1] == 1:
+            # A single condition token takes all of every query's attention weight, so each row's
+            # output is that token's value whatever its query: ô = o (SVD's image embedding).
+            return out.to(query.dtype)
         key_frames = key_states.shape[1]
         query_keys = self._module_layout(key_states)
         if self.axis == SPATIAL and key.shape[0] == out.shape[0]:
