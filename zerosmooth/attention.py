@@ -24,6 +24,7 @@ import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 import zs_kernels
+from zs_kernels.frames import box_ranges
 
 from .hooks import ZeroSmoothHook
 from .state import Session, StageStep
@@ -208,5 +209,12 @@ class AttentionHook(ZeroSmoothHook):
             )
             return _from_heads(out).to(hidden_states.dtype)
         out = _attend(module, *self._module_layout(qkv).chunk(3, dim=-1))
-        out_hat = _attend(module, *self._module_layout(qkv_hat).chunk(3, dim=-1))
-        return out.lerp_(out_hat, step.blend).to(hidden_states.dtype)
+        # Spatial attention stays within a frame, and the frames after the last key frame and the
+        # last K/V box (box_left's last n - 1) keep their Q, K and V: their ô is o, so only the
+        # frames before them are attended a second time.
+        scale = config.scale
+        changed = max(box_ranges(kv_operator, step.num_frames // scale, scale)[-1][1],
+                      step.num_frames - scale + 1)
+        out_hat = _attend(module, *self._module_layout(qkv_hat[:, :changed]).chunk(3, dim=-1))
+        self._frames_view(out, step)[:, :changed].lerp_(self._as_frames(out_hat, step.unet_batch, changed), step.blend)
+        return out.to(hidden_states.dtype)
