@@ -122,10 +122,11 @@ def test_processors_run_the_corrected_path(monkeypatch):
 
 @pytest.mark.parametrize("axis", ["spatial", "temporal"])
 @pytest.mark.parametrize("record", [False, True])
-def test_cross_attention_correction_equals_two_full_passes(axis, record):
-    """The cross-attention correction attends only the key-frame rows a second time; it must equal
-    the literal o + w (ô − o) with Q̂ = back_project(Q, Q_key, sample) and both passes over every row,
-    and record Q̂ for a next stage when asked."""
+@pytest.mark.parametrize("condition_tokens", [1, 4])
+def test_cross_attention_correction_equals_two_full_passes(axis, record, condition_tokens):
+    """The cross-attention correction attends only the key-frame rows a second time (no row when the
+    condition is one token); it must equal the literal o + w (ô − o) with Q̂ = back_project(Q, Q_key,
+    sample) and both passes over every row, and record Q̂ for a next stage when asked."""
     from diffusers.models.attention_processor import Attention
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
@@ -137,9 +138,11 @@ def test_cross_attention_correction_equals_two_full_passes(axis, record):
     slot = hooks.SessionSlot()
     installed = hooks.install([(module, attention.AttentionHook(slot, "cross", axis))])
     if axis == "spatial":  # [B·t, L, C], one row of conditions per frame
-        hidden, condition = torch.randn(batch * frames_, tokens, channels), torch.randn(batch * frames_, 4, 8)
+        hidden = torch.randn(batch * frames_, tokens, channels)
+        condition = torch.randn(batch * frames_, condition_tokens, 8)
     else:  # [B·L, t, C], one condition per token row
-        hidden, condition = torch.randn(batch * tokens, frames_, channels), torch.randn(batch * tokens, 1, 8)
+        hidden = torch.randn(batch * tokens, frames_, channels)
+        condition = torch.randn(batch * tokens, condition_tokens, 8)
     key_queries = torch.randn(batch, key_frames, tokens, channels)
     session = Session(ZeroSmoothConfig(), window=frames_, stride=frames_, kv_generator=torch.Generator())
     session.cache.put(1, "cross", key_queries)

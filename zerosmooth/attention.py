@@ -24,6 +24,7 @@ import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 import zs_kernels
+from zs_kernels.frames import box_ranges
 
 from .hooks import ZeroSmoothHook
 from .state import Session, StageStep
@@ -152,7 +153,8 @@ class AttentionHook(ZeroSmoothHook):
         """Cross-attention: the condition is the same for every frame, so only Q is corrected, with
         ``sample``: Q̂ is Q except at the key frames, where it is the key branch's Q (``key_states``).
         Each query row attends on its own, so ô differs from o only at the key frames, and only those
-        rows are attended a second time. Returns the blended output in the module layout."""
+        rows are attended a second time (none when the condition is a single token). Returns the
+        blended output in the module layout."""
         config, scale = session.config, session.config.scale
         query = module.to_q(hidden_states)
         key = module.to_k(encoder_hidden_states)
@@ -165,6 +167,10 @@ class AttentionHook(ZeroSmoothHook):
                 self._frames_view(query, step), key_states, "sample", scale, frame_dim=1, backend=backend
             )
             self._record(session, step, query_hat)
+        if key.shape[1] == 1:
+            # A single condition token takes all of every query's attention weight, so each row's
+            # output is that token's value whatever its query: ô = o (SVD's image embedding).
+            return out.to(query.dtype)
         key_frames = key_states.shape[1]
         query_keys = self._module_layout(key_states)
         if self.axis == SPATIAL and key.shape[0] == out.shape[0]:
@@ -203,5 +209,12 @@ class AttentionHook(ZeroSmoothHook):
             )
             return _from_heads(out).to(hidden_states.dtype)
         out = _attend(module, *self._module_layout(qkv).chunk(3, dim=-1))
-        out_hat = _attend(module, *self._module_layout(qkv_hat).chunk(3, dim=-1))
-        return out.lerp_(out_hat, step.blend).to(hidden_states.dtype)
+        # Spatial attention stays within a frame, and the frames after the last key frame and the
+        # last K/V box (box_left's last n - 1) keep their Q, K and V: their ô is o, so only the
+        # frames before them are attended a second time.
+        scale = config.scale
+        changed = max(box_ranges(kv_operator, step.num_frames // scale, scale)[-1][1],
+                      step.num_frames - scale + 1)
+        out_hat = _attend(module, *self._module_layout(qkv_hat[:, :changed]).chunk(3, dim=-1))
+        self._frames_view(out, step)[:, :changed].lerp_(self._as_frames(out_hat, step.unet_batch, changed), step.blend)
+        return out.to(hidden_states.dtype)

@@ -40,8 +40,9 @@ class ResidualHook(ZeroSmoothHook):
         if step.corrected:
             key = session.cache.take(step.stage - 1, CACHE_PREFIX + self.name)
             scale = session.config.scale
+            # A copy, not the module's output itself, which may alias a tensor its caller still holds.
             frames = frames.clone()
-            frames[:, ::scale] = frames[:, ::scale].lerp(key, step.residual)
+            frames[:, ::scale].lerp_(key, step.residual)
             hidden = frames.flatten(0, 1)
         if step.record:
             session.cache.put(step.stage, CACHE_PREFIX + self.name, frames)
