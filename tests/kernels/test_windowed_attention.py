@@ -314,9 +314,24 @@ def test_torch_path_every_block_size(monkeypatch, num_frames, window, stride, he
     q, k, v = strided_qkv(2, 3, num_frames, head_dim, torch.float32)
     spy = PathSpy(monkeypatch)
     for rows in block_candidates(num_frames, stride):
-        monkeypatch.setattr(vectorized, "block_rows", lambda *args, rows=rows: rows)
+        monkeypatch.setattr(vectorized, "formulation", lambda *args, rows=rows: ("banded", rows))
         check(q, k, v, backend="torch", window=window, stride=stride)
     spy.only("banded", len(block_candidates(num_frames, stride)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("num_frames, window, stride", [(8, 4, 2), (13, 5, 3), (15, 8, 7)])
+def test_torch_path_few_frames_per_window(monkeypatch, dtype, num_frames, window, stride):
+    """Several windows over fewer than PER_WINDOW_BELOW_FRAMES frames take the per-window form
+    in eager mode too (tables, dual pass, a tail window), within the error rule of :func:`check`."""
+    q, k, v = strided_qkv(2, 3, num_frames, 24, dtype)
+    corrected = tuple(strided_qkv(2, 3, num_frames, 24, dtype))
+    rel_k, rel_v = (torch.randn(2 * window - 1, 24, dtype=dtype) for _ in range(2))
+    spy = PathSpy(monkeypatch)
+    check(q, k, v, backend="torch", window=window, stride=stride)
+    check(q, k, v, backend="torch", window=window, stride=stride, rel_k=rel_k, rel_v=rel_v, corrected=corrected,
+          blend=0.6)
+    spy.only("per_window", 3)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -363,13 +378,20 @@ def test_torch_path_single_window(monkeypatch, dtype, num_frames, window):
 
 
 def test_formulation_reaches_every_path():
-    """The selection: SDPA for one window without tables, the banded blocks otherwise with the
-    cost model's block height, the per-window form under torch.compile."""
+    """The selection: SDPA for one window without tables, the per-window form for several windows
+    over few frames, the banded blocks otherwise with the cost model's block height, the
+    per-window form under torch.compile."""
     assert vectorized.formulation(12, 16, 4, 40, tables=False, compiling=False) == ("sdpa", None)
     assert vectorized.formulation(12, 16, 4, 40, tables=True, compiling=False) == ("banded", 12)
     assert vectorized.formulation(128, 16, 8, 40, tables=False, compiling=False) == (
         "banded", vectorized.block_rows(128, 16, 8, 40)
     )
+    below = vectorized.PER_WINDOW_BELOW_FRAMES
+    for tables in (False, True):
+        assert vectorized.formulation(below - 1, 4, 2, 40, tables=tables, compiling=False) == ("per_window", None)
+        assert vectorized.formulation(below, 4, 2, 40, tables=tables, compiling=False) == (
+            "banded", vectorized.block_rows(below, 4, 2, 40)
+        )
     for tables in (False, True):
         assert vectorized.formulation(12, 16, 4, 40, tables=tables, compiling=True) == ("per_window", None)
         assert vectorized.formulation(128, 16, 8, 40, tables=tables, compiling=True) == ("per_window", None)
@@ -433,7 +455,7 @@ def test_torch_path_processes_batches_in_chunks(monkeypatch, capacity, chunks):
     """One sequence row per chunk, or two with a last chunk of one, whose band reads the previous
     chunk's frames left in the buffer."""
     monkeypatch.setattr(vectorized, "CHUNK_ELEMENTS", capacity)
-    monkeypatch.setattr(vectorized, "block_rows", lambda *args: 4)  # 3 blocks of 4 rows, band 12
+    monkeypatch.setattr(vectorized, "formulation", lambda *args: ("banded", 4))  # 3 blocks of 4 rows, band 12
     spy = PathSpy(monkeypatch)
     q, k, v = (torch.randn(5, 2, 12, 8, dtype=torch.float64) for _ in range(3))
     expected = reference.windowed_attention(q, k, v, window=6, stride=2)
