@@ -73,14 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="local diffusers pipeline folder or hub id, loaded with DiffusionPipeline.from_pretrained "
         "(default: the embedded tiny SVD model trained on the procedural world)",
     )
-    source = gen.add_mutually_exclusive_group()
-    for option in JOB_OPTIONS:
-        target = source if option.name in ("image", "prompt") else gen
-        if option.kind is bool:
-            target.add_argument(f"--{option.name}", action="store_true", default=None, help=option.help)
-        else:
-            kind = {int: int, float: float}.get(option.kind, str)
-            target.add_argument(f"--{option.name}", type=kind, choices=option.choices or None, help=option.help)
+    _add_job_options(gen)
     gen.add_argument("--device", default="auto", help="torch device: cpu, cuda, cuda:N, mps, xpu (default: cuda if "
                      "available; under a multi-process launch each process takes its own GPU)")
     gen.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
@@ -105,6 +98,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_job_options(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    """Every job option but ``skip`` as a command-line flag; ``--image`` and ``--prompt`` exclude each other."""
+    source = parser.add_mutually_exclusive_group()
+    for option in JOB_OPTIONS:
+        if option.name in skip:
+            continue
+        target = source if option.name in ("image", "prompt") else parser
+        if option.kind is bool:
+            target.add_argument(f"--{option.name}", action="store_true", default=None, help=option.help)
+        else:
+            kind = {int: int, float: float}.get(option.kind, str)
+            target.add_argument(f"--{option.name}", type=kind, choices=option.choices or None, help=option.help)
+
+
 # Job options that do not apply to a diagnosis (it writes tables, not videos).
 NOT_DIAGNOSED = ("out", "save-frames")
 
@@ -122,16 +129,7 @@ def _diagnose_parser(commands) -> None:
         ),
     )
     diag.add_argument("--model", help="local diffusers pipeline folder or hub id (default: the embedded model)")
-    source = diag.add_mutually_exclusive_group()
-    for option in JOB_OPTIONS:
-        if option.name in NOT_DIAGNOSED:
-            continue
-        target = source if option.name in ("image", "prompt") else diag
-        if option.kind is bool:
-            target.add_argument(f"--{option.name}", action="store_true", default=None, help=option.help)
-        else:
-            kind = {int: int, float: float}.get(option.kind, str)
-            target.add_argument(f"--{option.name}", type=kind, choices=option.choices or None, help=option.help)
+    _add_job_options(diag, skip=NOT_DIAGNOSED)
     diag.add_argument("--at", default="first,middle,last", metavar="STEPS",
                       help="denoising steps to measure: 0-based numbers and/or first, middle, last (comma-separated)")
     diag.add_argument("--out", type=Path, default=Path("out/diagnose"), help="output folder")
