@@ -165,3 +165,24 @@ def test_decoder_study_sees_the_temporal_decoder_mix_key_frames(tmp_path):
     temporal = decoders.measure(tmp_path / "temporal", seeds=1, frames=3)
     assert per_frame["key_ceiling_psnr"] == pytest.approx(100.0)
     assert temporal["key_ceiling_psnr"] < 60
+
+
+def test_a_sitting_killed_mid_phase_keeps_its_steps_in_the_record(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    save = train._save
+
+    def killed_before_video_step_2(payload, path):
+        if path.name == "video.pt" and payload["step"] == 2:
+            raise KeyboardInterrupt
+        save(payload, path)
+
+    monkeypatch.setattr(train, "_save", killed_before_video_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(train.parse_args(["--out", str(run), "--video-steps", "3", *TINY]))
+    record = json.loads((run / train.RECORD_NAME).read_text())
+    assert record["progress"]["video"] == 1
+    assert record["sittings"][0]["phases"]["video"]["steps"] == [0, 1]
+    monkeypatch.setattr(train, "_save", save)
+    train.train(train.parse_args(["--out", str(run), "--video-steps", "3", *TINY]))
+    record = json.loads((run / train.RECORD_NAME).read_text())
+    assert [s["phases"].get("video", {}).get("steps") for s in record["sittings"]] == [[0, 1], [1, 3]]

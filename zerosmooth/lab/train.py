@@ -404,7 +404,8 @@ def run_phase(phase: Phase, args, run, start: dict | None) -> dict:
     """Optimise ``phase`` from ``start`` (a checkpoint dict, or None) to ``phase.steps`` steps.
 
     Returns the final checkpoint dict (model, EMA, step, loss and validation history). Checkpoints
-    go to ``RUN_DIR/<phase>.pt`` every ``--save-every`` steps and at the end.
+    go to ``RUN_DIR/<phase>.pt`` every ``--save-every`` steps and at the end, each followed by the
+    training record.
     """
     path = args.out / f"{phase.name}.pt"
     opt = torch.optim.AdamW(phase.param_groups, lr=phase.lr, weight_decay=0.0)
@@ -437,6 +438,8 @@ def run_phase(phase: Phase, args, run, start: dict | None) -> dict:
         payload = {"model": phase.model.state_dict(), "ema": None if phase.ema is None else phase.ema.state_dict(),
                    "opt": opt.state_dict(), "rng": gen.get_state(), **state}
         _save(payload, path)
+        # The record follows every checkpoint, so a sitting killed mid-phase still lists its steps.
+        run.note_phase(phase.name, first_step, step, time.time() - started, state)
         return payload
 
     payload = None
@@ -468,7 +471,6 @@ def run_phase(phase: Phase, args, run, start: dict | None) -> dict:
     phase.model.eval()
     if payload is None:
         payload = checkpoint(max(first_step, phase.steps))
-    run.note_phase(phase.name, first_step, payload["step"], time.time() - started, state)
     return payload
 
 
