@@ -39,7 +39,7 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?")
 TRAIN_COMMAND = "zerosmooth train-tiny --out RUN_DIR --export {path}"
 
 DELEGATED_COMMANDS = (
-    ("train-tiny", "zerosmooth.lab.train", "train the embedded tiny model on the procedural world"),
+    ("train-tiny", "zerosmooth.lab.train", "train the embedded model on the procedural world"),
     ("evaluate", "zerosmooth.lab.evaluate", "compare ZeroSmooth with baselines and ablations on the embedded model"),
 )
 
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--model",
         help="local diffusers pipeline folder or hub id, loaded with DiffusionPipeline.from_pretrained "
-        "(default: the embedded tiny SVD model trained on the procedural world)",
+        "(default: the embedded 64-pixel, 14-frame SVD-style model trained on the procedural world)",
     )
     _add_job_options(gen)
     gen.add_argument("--device", default="auto", help="torch device: cpu, cuda, cuda:N, mps, xpu (default: cuda if "
@@ -471,7 +471,7 @@ def _decode(image: Path) -> None:
 
 
 def _model_line(model: Optional[str], pipe, device, dtype) -> str:
-    name = model or "the embedded tiny SVD-style model trained on ZeroSmooth's procedural world"
+    name = model or "the embedded SVD-style model (64 px, 14 frames) trained on ZeroSmooth's procedural world"
     return f"Model: {name} ({type(pipe).__name__}) on {device}, {str(dtype).replace('torch.', '')}"
 
 
