@@ -43,7 +43,7 @@ def _base_plus_direct(pipe):
 
 
 @pytest.mark.parametrize("name, config", [("default", ZeroSmoothConfig()),
-                                          ("paper", ZeroSmoothConfig(residual_strength=0.0))])
+                                          ("paper", ZeroSmoothConfig.paper())])
 def test_cascade_against_base_plus_direct(benchmark, pipe, timings, report, goal, name, config):
     smoother = ZeroSmooth(pipe, config)
     benchmark.pedantic(lambda: smoother(progress_bar=False, **_kwargs(BASE_FRAMES)), rounds=5, iterations=1,

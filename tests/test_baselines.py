@@ -5,6 +5,8 @@ import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler
 
 from zerosmooth.baselines import clean_latent_coefficient_supported, ddnm_step
+from zs_kernels import frame_operator
+from zs_kernels.frames import key_spread
 
 
 def _projected(clean: torch.Tensor, reference: torch.Tensor, frame_dim: int) -> torch.Tensor:
@@ -45,3 +47,29 @@ def test_euler_steps_towards_the_projected_clean_latent():
 def test_other_schedulers_are_refused():
     with pytest.raises(TypeError, match="latent_ddnm' supports DDIMScheduler and EulerDiscreteScheduler, got PNDM"):
         clean_latent_coefficient_supported(PNDMScheduler())
+
+
+@pytest.mark.parametrize("frame_dim", [1, 2])
+def test_linear_spread_moves_the_in_between_frames_with_their_key_frames(frame_dim):
+    """``spread="linear"``: the clean latent moves by ``P (y − A x̂0)`` with ``P = key_spread("linear")``
+    (dense float64 oracle), on a 3-key-frame latent along either frame axis."""
+    scheduler = EulerDiscreteScheduler(prediction_type="v_prediction", timestep_type="continuous",
+                                       use_karras_sigmas=True, sigma_min=0.002, sigma_max=700.0)
+    scheduler.set_timesteps(3)
+    t = scheduler.timesteps[1]
+    shape = [2, 4, 3, 3]
+    shape.insert(frame_dim, 6)
+    sample, model_output = torch.randn(2, *shape, dtype=torch.float64)
+    reference_shape = list(shape)
+    reference_shape[frame_dim] = 3
+    reference = torch.randn(reference_shape, dtype=torch.float64)
+    scheduler.step(model_output, scheduler.timesteps[0], sample)
+    output = scheduler.step(model_output, t, sample)
+    previous = ddnm_step(output, scheduler, t, reference, scale=2, frame_dim=frame_dim, strength=0.7, spread="linear")
+    clean = output.pred_original_sample.movedim(frame_dim, 0)
+    rest = clean.shape[1:]
+    x, y = clean.flatten(1), reference.movedim(frame_dim, 0).flatten(1)
+    A, P = frame_operator("sample", 3, 2), key_spread("linear", 3, 2)
+    moved = (P @ (y - A @ x)).unflatten(1, rest).movedim(0, frame_dim)
+    coefficient = float(1 - scheduler.sigmas[2] / scheduler.sigmas[1])
+    torch.testing.assert_close(previous, output.prev_sample + 0.7 * coefficient * moved, rtol=0, atol=1e-12)

@@ -66,10 +66,10 @@ def test_every_bad_line_is_named_and_nothing_runs(tmp_path, svd_spec):
 
 def test_method_options_reach_the_config():
     job = batch.make_job({"strength": 0.6, "residual-strength": 0.5, "residual_until": 0.4, "key-guidance": True,
-                          "scale": 3}, None)
+                          "residual-spread": "keys", "key-frames": "free", "scale": 3}, None)
     config = job.config()
-    assert (config.strength, config.residual_strength, config.residual_window, config.key_guidance, config.scale) == (
-        0.6, 0.5, (0.0, 0.4), True, 3)
+    assert (config.strength, config.residual_strength, config.residual_window, config.residual_spread,
+            config.key_frames, config.key_guidance, config.scale) == (0.6, 0.5, (0.0, 0.4), "keys", "free", True, 3)
     default = batch.make_job({}, None).config()
     assert default == batch.ZeroSmoothConfig()  # unset options keep the library's defaults
 

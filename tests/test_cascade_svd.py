@@ -52,7 +52,7 @@ def test_strength_zero_full_window_equals_direct_inference(pipe):
     """With w = 0, no residual-stream correction, one window over all frames and integer positions,
     the long branch is the base model at 8 frames with fps · 2 and guidance over 8 frames, up to
     float rounding (fused QKV projection)."""
-    config = ZeroSmoothConfig(strength=0.0, residual_strength=0.0, temporal_windows=False, interpolate_positions=False)
+    config = ZeroSmoothConfig.paper(strength=0.0, temporal_windows=False, interpolate_positions=False)
     long = ZeroSmooth(pipe, config)(generator=generator(1), progress_bar=False,
                                     **svd_kwargs(output_type="latent", fps=7))
     direct = pipe(generator=generator(1), latents=long.noise, **svd_kwargs(output_type="latent", num_frames=8, fps=14))
@@ -72,7 +72,7 @@ def _hooked(pipe) -> list[str]:
     return [name for name, module in pipe.unet.named_modules() if hooks.installed(module)]
 
 
-@pytest.mark.parametrize("config", [ZeroSmoothConfig(residual_strength=0.0), ZeroSmoothConfig(),
+@pytest.mark.parametrize("config", [ZeroSmoothConfig.paper(), ZeroSmoothConfig(),
                                     ZeroSmoothConfig(residual_strength=0.5, residual_sites=("resnets", "temporal"))])
 def test_enable_disable_restores_the_pipeline(pipe, config):
     reference = frames(pipe(generator=generator(2), **svd_kwargs(num_inference_steps=1)))

@@ -83,7 +83,7 @@ def test_determinism_and_seeds(text_to_video):
 
 
 def test_color_correction_matches_key_frame_statistics(text_to_video):
-    out = ZeroSmooth(text_to_video, ZeroSmoothConfig(color_correction=True))(
+    out = ZeroSmooth(text_to_video, ZeroSmoothConfig(color_correction=True, key_frames="free"))(
         generator=generator(0), progress_bar=False, **text_kwargs(num_inference_steps=1, output_type="latent"))
     base, long = out.stages
     keys = base.repeat_interleave(2, dim=2)

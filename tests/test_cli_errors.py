@@ -51,6 +51,8 @@ CASES = [
     ("strength", ["--strength", "1.5"], "--strength must be a number in [0, 1], got 1.5"),
     ("residual-strength", ["--residual-strength", "-0.5"], "--residual-strength must be a number in [0, 1], got -0.5"),
     ("residual-until", ["--residual-until", "0"], "--residual-until must be a fraction of the denoising in (0, 1], got 0.0"),
+    ("residual-spread", ["--residual-spread", "cubic"], "argument --residual-spread: invalid choice: 'cubic'"),
+    ("key-frames", ["--key-frames", "pinned"], "argument --key-frames: invalid choice: 'pinned'"),
     ("seed-huge", ["--seed", str(2**64)], "--seed must be an integer below 2**64"),
     ("guidance-nan", ["--guidance", "nan"], "--guidance must be a finite number >= 0, got nan"),
     ("guidance-negative", ["--guidance", "-1"], "--guidance must be a number >= 0, got -1.0"),

@@ -13,6 +13,9 @@ def test_defaults_follow_the_spec():
     assert config.window is None and config.overlap is None
     assert config.strength_schedule == "timestep" and config.weighting == "pyramid"
     assert config.color_correction is False and config.method == "zerosmooth"
+    assert (config.residual_strength, config.residual_spread, config.key_frames) == (1.0, "linear", "exact")
+    paper = ZeroSmoothConfig.paper(scale=3)
+    assert (paper.residual_strength, paper.key_frames, paper.scale) == (0.0, "free", 3)
     assert config.temporal_windows_for(16) == (16, 8)
     assert config.temporal_windows_for(14) == (14, 7)
     assert config.frame_counts(14) == [14, 28]
@@ -50,6 +53,9 @@ def test_frame_counts_and_windows():
         ("residual_window", (0.2, 1.5), "0 <= start < stop <= 1"),
         ("residual_sites", ("attention",), "'resnets', 'temporal'"),
         ("residual_sites", (), "'resnets', 'temporal'"),
+        ("residual_spread", "cubic", "'keys', 'linear'"),
+        ("ddnm_spread", "rows", "'keys', 'linear'"),
+        ("key_frames", "pinned", "'exact', 'free'"),
         ("ddnm_strength", 2, "[0, 1]"),
         ("ddnm_window", (0.5, 0.1), "0 <= start < stop <= 1"),
         ("key_guidance", "yes", "True or False"),
@@ -104,3 +110,10 @@ def test_schedule_windows_and_curves():
     assert [ZeroSmoothConfig().residual(k, 4, 0, None) for k in range(4)] == [1.0] * 4  # on at every step by default
     ddnm = ZeroSmoothConfig(ddnm_strength=0.6, ddnm_window=(0.0, 0.25))
     assert [ddnm.ddnm(k, 4, 0, None) for k in range(4)] == [0.6, 0.0, 0.0, 0.0]
+
+
+def test_spreads_are_the_kernels_key_spreads():
+    from zerosmooth.config import SPREADS
+    from zs_kernels.frames import SPREADS as KERNEL_SPREADS
+
+    assert SPREADS == KERNEL_SPREADS

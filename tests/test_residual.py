@@ -7,6 +7,7 @@ import torch
 from zs_helpers import frames, generator, svd_kwargs
 
 import zs_kernels
+from zs_kernels.frames import key_spread
 from zerosmooth import ZeroSmooth, ZeroSmoothConfig, hooks
 from zerosmooth.adapters.svd import key_position_guidance
 from zerosmooth.lab.tiny import tiny_svd_pipeline
@@ -36,13 +37,16 @@ class _Emit(torch.nn.Module):
 
 @pytest.mark.parametrize("wrapped", [False, True])
 @pytest.mark.parametrize("scale, strength", [(2, 1.0), (3, 0.35)])
-def test_hook_math_matches_the_dense_back_projection(wrapped, scale, strength):
-    """h ← h + w (ĥ − h), ĥ = h + A⁺(h₀ − A h), A = sample: computed with dense float64 operators
-    on a [B·t, C, H, W] site output (frames in the batch dim), batch 2, t0 = 3."""
+@pytest.mark.parametrize("spread", ["keys", "linear"])
+def test_hook_math_matches_the_dense_back_projection(wrapped, scale, strength, spread):
+    """h ← h + w P(h₀ − A h), A = sample, P its right inverse ``key_spread(spread)`` (A⁺ for
+    ``"keys"``, so that h + P(h₀ − A h) is the back-projection ĥ): computed with dense float64
+    operators on a [B·t, C, H, W] site output (frames in the batch dim), batch 2, t0 = 3."""
     batch, t0, shape = 2, 3, (5, 2, 3)
     slot, module = hooks.SessionSlot(), _Emit(wrapped)
     installed = hooks.install([(module, ResidualHook(slot, "site"))])
-    session = Session(ZeroSmoothConfig(scale=scale), window=t0, stride=t0, kv_generator=torch.Generator())
+    config = ZeroSmoothConfig(scale=scale, residual_spread=spread)
+    session = Session(config, window=t0, stride=t0, kv_generator=torch.Generator())
     slot.session = session
     h0 = torch.randn(batch * t0, *shape, dtype=torch.float64)
     session.step = StageStep(stage=1, num_frames=t0, unet_batch=batch, record=True, residual=strength)
@@ -55,12 +59,14 @@ def test_hook_math_matches_the_dense_back_projection(wrapped, scale, strength):
         assert out[1] == "extra"
         out = out[0]
     A = zs_kernels.frame_operator("sample", t0, scale)
-    A_pinv = zs_kernels.frame_operator_pinv("sample", t0, scale)
+    P = key_spread(spread, t0, scale)
     x = h.unflatten(0, (batch, scale * t0)).movedim(1, 0).flatten(1)  # [t, rest]
     y = h0.unflatten(0, (batch, t0)).movedim(1, 0).flatten(1)
-    corrected = x + A_pinv @ (y - A @ x)
-    expected = (x + strength * (corrected - x)).unflatten(1, (batch, *shape)).movedim(0, 1).flatten(0, 1)
+    expected = (x + strength * P @ (y - A @ x)).unflatten(1, (batch, *shape)).movedim(0, 1).flatten(0, 1)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    keys = out.unflatten(0, (batch, scale * t0))[:, ::scale]
+    pinned = torch.lerp(h.unflatten(0, (batch, scale * t0))[:, ::scale], h0.unflatten(0, (batch, t0)), strength)
+    torch.testing.assert_close(keys, pinned, rtol=0, atol=1e-12)  # either spread moves the key frames alike
     assert len(session.cache) == 0  # read once, dropped
     hooks.remove(installed)
 
@@ -103,6 +109,45 @@ def test_strength_one_pins_every_site_and_leaves_the_key_branch_alone(pipe):
     # within one step's share of the total.
     assert 0 < out.key_state_peak_bytes <= out.key_state_offload_bytes // 2
     assert out.residual_per_step == [1.0, 1.0]
+
+
+def test_linear_spread_pins_the_same_key_rows_and_moves_their_neighbours(pipe):
+    kwargs = svd_kwargs(num_inference_steps=2, output_type="latent")
+    by_spread = {}
+    for spread in ("keys", "linear"):
+        config = ZeroSmoothConfig(residual_strength=1.0, residual_schedule="constant", residual_spread=spread)
+        by_spread[spread] = _site_outputs(ZeroSmooth(pipe, config), kwargs)
+    (keys_out, keys_seen), (linear_out, linear_seen) = by_spread["keys"], by_spread["linear"]
+    first_site = next(name for stage, name in linear_seen if stage == 1)
+    base = linear_seen[(1, first_site)].unflatten(0, (2, -1))
+    keyed, spread = (seen[(2, first_site)].unflatten(0, (2, -1)) for seen in (keys_seen, linear_seen))
+    assert torch.equal(spread[:, ::2], base)  # pinned exactly, as with "keys"
+    assert not torch.allclose(spread[:, 1::2], keyed[:, 1::2], atol=1e-4)  # the in-between rows moved
+    assert torch.equal(linear_out.stages[0], keys_out.stages[0])  # the key branch is untouched
+    assert not torch.equal(linear_out.stages[1], keys_out.stages[1])
+
+
+def test_exact_key_frames_move_the_denoised_latents_onto_the_previous_stage(pipe):
+    """``key_frames="exact"``: after the last step, stage s's latents x become x + P(x_{s−1} − A x)
+    (dense float64 oracle on the ``"free"`` run's latents, P = the linear spread); the key frames are
+    then the previous stage's exactly, stage 3's those of stage 2 after its own move."""
+    kwargs = svd_kwargs(num_inference_steps=2, output_type="latent")
+    free = ZeroSmooth(pipe, ZeroSmoothConfig(stages=3, key_frames="free"))(generator=generator(0), progress_bar=False,
+                                                                          **kwargs)
+    exact = ZeroSmooth(pipe, ZeroSmoothConfig(stages=3))(generator=generator(0), progress_bar=False, **kwargs)
+    assert torch.equal(exact.stages[0], free.stages[0])
+    for index in (1, 2):
+        previous, moved, denoised = exact.stages[index - 1], exact.stages[index], free.stages[index]
+        assert torch.equal(moved[:, ::2], previous)
+        t0 = previous.shape[1]
+        A = zs_kernels.frame_operator("sample", t0, 2)
+        P = key_spread("linear", t0, 2)
+        difference = previous.double() - torch.einsum("kf,bf...->bk...", A, denoised.double())
+        expected = denoised.double() + torch.einsum("fk,bk...->bf...", P, difference)
+        torch.testing.assert_close(moved.double(), expected, rtol=0, atol=1e-5)
+        assert not torch.allclose(moved[:, 1::2], denoised[:, 1::2], atol=1e-6)  # the neighbours moved too
+    assert exact.key_drift == free.key_drift and all(drift > 0 for drift in free.key_drift)
+    assert len(free.key_drift) == 2
 
 
 def test_residual_states_count_in_the_one_step_peak(pipe):

@@ -33,6 +33,9 @@ class ZeroSmoothOutput:
         blend_per_step: the attention blend ``w`` at every step.
         residual_per_step: the residual-stream correction's strength at every step.
         ddnm_per_step: the latent-DDNM pull at every step (used by ``method="latent_ddnm"``).
+        key_drift: per long stage (2, 3, …), the relative distance ``‖A x_s − x_{s−1}‖ / ‖x_{s−1}‖``
+            of its key-frame latents from the previous stage's after the last step, before
+            ``key_frames="exact"`` makes it 0: how well the run held the key frames by itself.
     """
 
     frames: Any
@@ -45,6 +48,7 @@ class ZeroSmoothOutput:
     blend_per_step: list[float]
     residual_per_step: list[float]
     ddnm_per_step: list[float]
+    key_drift: list[float]
 
 
 class ZeroSmooth:
@@ -130,4 +134,5 @@ class ZeroSmooth:
             blend_per_step=result.blend_per_step,
             residual_per_step=result.residual_per_step,
             ddnm_per_step=result.ddnm_per_step,
+            key_drift=result.key_drift,
         )

@@ -4,7 +4,8 @@
   windows and integer positions (the cascade runs those stages with plain processors).
 * ``"latent_ddnm"``: stages run one after another; after every denoising step of stage ``s ≥ 2``
   the predicted clean latent ``x̂0`` is back-projected with ``sample`` onto the *finished* latents
-  of stage ``s - 1`` and the step's result moves with it (:func:`ddnm_step`).
+  of stage ``s - 1`` and the step's result moves with it (:func:`ddnm_step`); ``ddnm_spread="linear"``
+  also moves the in-between frames with their key frames, as the residual correction's spread does.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
 import zs_kernels
+
+from .residual import correct_key_frames
 
 
 def clean_latent_coefficient(scheduler, timestep) -> float:
@@ -38,7 +41,7 @@ def clean_latent_coefficient(scheduler, timestep) -> float:
 
 
 def ddnm_step(step_output, scheduler, timestep, reference: torch.Tensor, scale: int, frame_dim: int,
-              strength: float = 1.0, backend: str = "torch") -> torch.Tensor:
+              strength: float = 1.0, spread: str = "keys", backend: str = "torch") -> torch.Tensor:
     """``prev_sample`` of ``step_output`` with its clean latent back-projected onto ``reference``.
 
     Args:
@@ -48,12 +51,19 @@ def ddnm_step(step_output, scheduler, timestep, reference: torch.Tensor, scale: 
         reference: the previous stage's finished latents, ``t0`` frames along ``frame_dim``.
         strength: how far the clean latent moves towards its back-projection (1: all the way, the
             plain DDNM step; 0: the step is unchanged) — the baseline's knob (SPEC §10).
-        backend: ``zs_kernels.back_project`` backend.
+        spread: how the key frames' correction reaches the other frames, as for the residual
+            correction: ``"keys"`` (``A⁺``, the plain back-projection) or ``"linear"``
+            (:func:`zs_kernels.frames.key_spread`).
+        backend: ``zs_kernels.back_project`` backend (``spread="keys"``).
     """
     clean = step_output.pred_original_sample
     if strength == 0:
         return step_output.prev_sample
-    projected = zs_kernels.back_project(clean, reference.to(clean.dtype), "sample", scale, frame_dim, backend=backend)
+    reference = reference.to(clean.dtype)
+    if spread == "keys":
+        projected = zs_kernels.back_project(clean, reference, "sample", scale, frame_dim, backend=backend)
+    else:
+        projected = correct_key_frames(clean, reference, scale, 1.0, spread, frame_dim)
     return step_output.prev_sample + strength * clean_latent_coefficient(scheduler, timestep) * (projected - clean)
 
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence, TextIO, Union
 
-from .config import METHODS, ZeroSmoothConfig
+from .config import KEY_FRAMES, METHODS, SPREADS, ZeroSmoothConfig
 
 __all__ = [
     "JOB_OPTIONS",
@@ -99,6 +99,12 @@ JOB_OPTIONS: tuple[Option, ...] = (
            "key-frame rows at the model's ResNet outputs (0 switches it off; default: the library's)"),
     Option("residual-until", float, "denoising progress (0 to 1] up to which the residual-stream correction acts "
            "(default: the library's)"),
+    Option("residual-spread", str, "how the residual correction reaches the in-between frames: keys (the key-frame "
+           "rows only) or linear (each in-between frame moves with its two key frames); default: the library's",
+           choices=SPREADS),
+    Option("key-frames", str, "exact (default): after the last step every long stage's key frames are set to the "
+           "previous stage's, the change spread over the in-between frames; free: kept as denoised (the paper; with "
+           "--residual-strength 0)", choices=KEY_FRAMES),
     Option("key-guidance", bool, "SVD: give long-branch frame f the guidance of base position f/n^(s-1)"),
     Option("out", Path, "output stem, or a name ending in .mp4/.gif; writes STEM.mp4, STEM.gif, STEM_sheet.png and, "
            "with 2+ stages, STEM_compare.mp4/.gif; an existing folder (or a name ending in /) writes "
@@ -110,14 +116,15 @@ OPTIONS_BY_NAME = {option.name: option for option in JOB_OPTIONS}
 # ZeroSmoothConfig fields the job options set, and the option that sets each (for error messages).
 CONFIG_OPTIONS = {"scale": "scale", "stages": "stages", "seed": "seed", "method": "method", "strength": "strength",
                   "residual_strength": "residual-strength", "residual_window": "residual-until",
-                  "key_guidance": "key-guidance"}
+                  "residual_spread": "residual-spread", "key_frames": "key-frames", "key_guidance": "key-guidance"}
 
 
 def config_fields(values: dict) -> dict:
     """The ZeroSmoothConfig fields a job's option values (by attribute name) set; unset ones keep
     the library's defaults."""
     fields = {name: values[name] for name in ("scale", "stages", "seed", "method", "strength", "residual_strength",
-                                                "key_guidance") if values.get(name) is not None}
+                                                "residual_spread", "key_frames", "key_guidance")
+              if values.get(name) is not None}
     if values.get("residual_until") is not None:
         fields["residual_window"] = (0.0, values["residual_until"])
     return fields
@@ -334,6 +341,8 @@ class Job:
     strength: Optional[float] = None
     residual_strength: Optional[float] = None
     residual_until: Optional[float] = None
+    residual_spread: Optional[str] = None
+    key_frames: Optional[str] = None
     key_guidance: Optional[bool] = None
     save_frames: bool = False
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (option, message with LABEL for it)

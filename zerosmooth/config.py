@@ -21,10 +21,20 @@ METHODS = ("zerosmooth", "direct", "latent_ddnm")
 WEIGHTINGS = ("pyramid", "flat")
 BACKENDS = ("auto", "torch", "triton", "reference")
 RESIDUAL_SITES = ("resnets", "temporal")
+KEY_FRAMES = ("exact", "free")
+SPREADS = ("keys", "linear")
+"""How a correction made at the key frames (residual stream, latent DDNM) reaches the others
+(:func:`zs_kernels.frames.key_spread`, whose names these are; kept here so that the config imports
+no torch): ``"keys"``, not at all (``A⁺``); ``"linear"``, interpolated between the two nearest key
+frames."""
 """Where the residual-stream correction may act: ``"resnets"``, the outputs of the UNet's ResNet
 blocks (SVD's spatio-temporal ones, the 2-D ones of AnimateDiff and ModelScope); ``"temporal"``, the
 outputs of its temporal layers (SVD's spatio-temporal transformers, AnimateDiff's motion modules,
 ModelScope's temporal convolutions and temporal transformers)."""
+
+
+PAPER = {"residual_strength": 0.0, "key_frames": "free"}
+"""The fields that turn the library's default into the paper's method (:meth:`ZeroSmoothConfig.paper`)."""
 
 
 def _integer(name: str, value, minimum: int, allow_none: bool = False) -> None:
@@ -113,14 +123,26 @@ class ZeroSmoothConfig:
         strength_window: the range ``(start, stop)`` of denoising progress where the blend acts.
         residual_strength: maximum of the residual-stream correction (SPEC §10): at every site the
             long branch's key-frame rows move towards the previous stage's output,
-            ``h ← h + w_r A⁺(h₀ − A h)`` with ``A = sample``. The default, 1 at every step on the
-            ResNet blocks, is the point of the measured front that holds the key frames (≥ 47 dB
-            against the base video on the embedded model, 4 held-out seeds) at the lowest quality
-            cost (README, "The embedded model and the evaluation"); 0 gives the paper's method.
+            ``h ← h + w_r P(h₀ − A h)`` with ``A = sample`` and ``P`` per ``residual_spread``. The
+            default, 1 at every step on the ResNet blocks with the linear spread, is the measured
+            front's point that holds the key frames at no quality cost against direct inference
+            (README, "The embedded model and the evaluation"); 0, with ``key_frames="free"``, gives
+            the paper's method (:meth:`paper`).
         residual_schedule, residual_window: its schedule, as for the blend.
         residual_sites: where it acts, a tuple of :data:`RESIDUAL_SITES`.
+        residual_spread: how the correction reaches the in-between frames (:data:`SPREADS`):
+            ``"keys"`` moves the key-frame rows only; ``"linear"`` also moves every in-between frame
+            by the linear interpolation of its two key frames' corrections (SPEC §10), so the key
+            frames are corrected exactly as before and their neighbours move with them.
         ddnm_strength, ddnm_schedule, ddnm_window: the latent-DDNM baseline's pull towards the base
             video's latents (1, constant, every step: the full back-projection of SPEC §8).
+        ddnm_spread: how its key-frame correction reaches the other frames, as ``residual_spread``
+            (``"keys"``: the plain back-projection of SPEC §8).
+        key_frames: ``"exact"``: after the last denoising step each long stage's latents move by
+            ``P (x_{s−1} − A x_s)`` (``P`` per ``residual_spread``), so its key frames are the
+            previous stage's latents exactly and, with ``"linear"``, its in-between frames move with
+            them (SPEC §10); ``"free"``: the latents stay as denoised (the paper). The move is small
+            when the residual correction holds the key frames (``ZeroSmoothOutput.key_drift``).
         key_guidance: SVD only: long frame ``f`` takes the per-frame guidance the base stage gives
             position ``f / n^(s-1)`` (interpolated) instead of a linspace over its own frames (SPEC §10).
         kv_left_probability: probability ``p`` of ``box_left`` for spatial K/V under
@@ -156,9 +178,12 @@ class ZeroSmoothConfig:
     residual_schedule: str = "constant"
     residual_window: tuple[float, float] = (0.0, 1.0)
     residual_sites: tuple[str, ...] = ("resnets",)
+    residual_spread: str = "linear"
     ddnm_strength: float = 1.0
     ddnm_schedule: str = "constant"
     ddnm_window: tuple[float, float] = (0.0, 1.0)
+    ddnm_spread: str = "keys"
+    key_frames: str = "exact"
     key_guidance: bool = False
     kv_left_probability: float = 0.5
     kv_operator: str = "random_box"
@@ -188,6 +213,9 @@ class ZeroSmoothConfig:
             _choice(f"{prefix}_schedule", getattr(self, f"{prefix}_schedule"), SCHEDULES)
             _window(f"{prefix}_window", getattr(self, f"{prefix}_window"))
         _sites("residual_sites", self.residual_sites)
+        _choice("residual_spread", self.residual_spread, SPREADS)
+        _choice("ddnm_spread", self.ddnm_spread, SPREADS)
+        _choice("key_frames", self.key_frames, KEY_FRAMES)
         _fraction("kv_left_probability", self.kv_left_probability)
         _choice("kv_operator", self.kv_operator, KV_OPERATORS)
         _integer("seed", self.seed, 0)
@@ -197,6 +225,12 @@ class ZeroSmoothConfig:
             _flag(name, getattr(self, name))
         _choice("method", self.method, METHODS)
         _choice("backend", self.backend, BACKENDS)
+
+    @classmethod
+    def paper(cls, **overrides) -> "ZeroSmoothConfig":
+        """The paper's method (SPEC §1–§7): attention correction only, key frames as denoised;
+        ``overrides`` set any other field."""
+        return cls(**{**PAPER, **overrides})
 
     @property
     def corrects(self) -> bool:

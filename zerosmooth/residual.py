@@ -10,15 +10,44 @@ previous stage at the same step,
     ĥ = h + A⁺(h₀ − A h),  A = sample        (the key-frame rows take h₀, the others stay)
     h ← h + w_r (ĥ − h)                       (w_r: the step's residual strength)
 
-so only the key-frame rows change: ``h[n·i] ← lerp(h[n·i], h₀[i], w_r)``. A stage that a later
-stage reads records its output after its own correction (stage ≥ 3 uses corrected states).
+so only the key-frame rows change: ``h[n·i] ← lerp(h[n·i], h₀[i], w_r)``. With
+``residual_spread="linear"`` the correction ``d = w_r (h₀ − A h)`` reaches the in-between frames
+through another right inverse of ``A`` (:func:`zs_kernels.frames.key_spread`): frame ``n·i + r``
+moves by ``(1 − r/n) d_i + (r/n) d_{i+1}``, so it moves with the key frames around it instead of
+being left behind by them. A stage that a later stage reads records its output after its own
+correction (stage ≥ 3 uses corrected states).
 """
 
 from __future__ import annotations
 
+import torch
+
 from .hooks import ZeroSmoothHook
 
 CACHE_PREFIX = "residual:"
+
+
+def correct_key_frames(frames: torch.Tensor, key: torch.Tensor, scale: int, strength: float, spread: str,
+                       frame_dim: int = 1) -> torch.Tensor:
+    """A corrected copy of a long branch's tensor: ``frames + strength · P (key − A frames)``, with
+    ``A = sample`` and ``P`` the right inverse ``key_spread(spread)`` (module docstring).
+
+    frames: ``n·t0`` frames along ``frame_dim``; key: the previous stage's, ``t0`` frames there;
+    returns a new tensor of ``frames``' shape.
+    """
+    if frame_dim != 1:
+        moved = correct_key_frames(frames.movedim(frame_dim, 1), key.movedim(frame_dim, 1), scale, strength, spread)
+        return moved.movedim(1, frame_dim)
+    # A copy, not the module's output itself, which may alias a tensor its caller still holds.
+    frames = frames.clone()
+    if spread == "linear":
+        change = (key - frames[:, ::scale]).mul_(strength)
+        following = torch.cat([change[:, 1:], change[:, -1:]], dim=1)  # the last key frame holds
+        for offset in range(1, scale):
+            frames[:, offset::scale] += torch.lerp(change, following, offset / scale)
+    # The key rows by lerp under either spread: bit-identical, and exactly h₀ at strength 1.
+    frames[:, ::scale].lerp_(key, strength)
+    return frames
 
 
 class ResidualHook(ZeroSmoothHook):
@@ -39,10 +68,8 @@ class ResidualHook(ZeroSmoothHook):
         frames = hidden.unflatten(0, (step.unet_batch, step.num_frames))
         if step.corrected:
             key = session.cache.take(step.stage - 1, CACHE_PREFIX + self.name)
-            scale = session.config.scale
-            # A copy, not the module's output itself, which may alias a tensor its caller still holds.
-            frames = frames.clone()
-            frames[:, ::scale].lerp_(key, step.residual)
+            config = session.config
+            frames = correct_key_frames(frames, key, config.scale, step.residual, config.residual_spread)
             hidden = frames.flatten(0, 1)
         if step.record:
             session.cache.put(step.stage, CACHE_PREFIX + self.name, frames)

@@ -24,6 +24,7 @@ from .adapters import Adapter
 from .adapters.base import Call, Stage
 from .config import ZeroSmoothConfig
 from .hooks import SessionSlot
+from .residual import correct_key_frames
 from .state import Session, StageStep
 
 OUTPUT_TYPES = ("pt", "pil", "np", "latent")
@@ -117,6 +118,7 @@ class Result:
     blend_per_step: list[float]
     residual_per_step: list[float]
     ddnm_per_step: list[float]
+    key_drift: list[float]
 
 
 class _Progress:
@@ -182,7 +184,7 @@ def run(plan: Plan, slot: SessionSlot, progress_bar: bool = True,
                         reference = stages[stage.index - 2].latents
                         stage.latents = baselines.ddnm_step(
                             output, stage.scheduler, t, reference, config.scale, adapter.latent_frame_dim,
-                            strength=pulls[k], backend=_back_project_backend(config),
+                            strength=pulls[k], spread=config.ddnm_spread, backend=_back_project_backend(config),
                         )
                     else:
                         stage.latents = output.prev_sample
@@ -202,9 +204,23 @@ def run(plan: Plan, slot: SessionSlot, progress_bar: bool = True,
     finally:
         slot.session = None
         ticker.close()
+    drift = [_key_drift(stage.latents, stages[stage.index - 2].latents, config.scale, adapter.latent_frame_dim)
+             for stage in stages[1:]]
+    if corrects and config.key_frames == "exact":
+        for stage in stages[1:]:  # in order: stage 3 takes stage 2's exact key frames
+            previous = stages[stage.index - 2].latents
+            stage.latents = correct_key_frames(stage.latents, previous.to(stage.latents.dtype), config.scale, 1.0,
+                                               config.residual_spread, adapter.latent_frame_dim)
     videos = [adapter.decode(call, stage, call.output_type) for stage in stages]
     adapter.finish()
-    return Result(videos, shared, step_noise, session, blends, residuals, pulls)
+    return Result(videos, shared, step_noise, session, blends, residuals, pulls, drift)
+
+
+def _key_drift(latents: torch.Tensor, previous: torch.Tensor, scale: int, frame_dim: int) -> float:
+    """Relative distance of a stage's key-frame latents from the previous stage's latents."""
+    keys = latents.movedim(frame_dim, 0)[::scale].double()
+    reference = previous.movedim(frame_dim, 0).double()
+    return float((keys - reference).norm() / reference.norm())
 
 
 def _back_project_backend(config: ZeroSmoothConfig) -> str:

@@ -29,6 +29,7 @@ from . import _checks
 
 OPERATOR_KINDS = ("sample", "box_left", "box_right")
 WEIGHT_SCHEMES = ("pyramid", "flat")
+SPREADS = ("keys", "linear")
 
 
 def check_scale(scale) -> int:
@@ -110,6 +111,30 @@ def frame_operator_pinv(kind: str, num_key_frames: int, scale: int) -> torch.Ten
     """
     operator = frame_operator(kind, num_key_frames, scale)
     return operator.T / (operator * operator).sum(dim=1)
+
+
+def key_spread(spread: str, num_key_frames: int, scale: int) -> torch.Tensor:
+    """A right inverse ``P`` of ``sample`` (``A P = I``), float64 ``[scale * num_key_frames, num_key_frames]``:
+    how a correction ``d`` made at the key frames reaches every frame as ``P d``.
+
+    ``"keys"`` is ``A⁺``: the key frames take ``d`` and the other frames nothing. ``"linear"``
+    interpolates between consecutive key frames: frame ``n i + r`` takes
+    ``(1 - r/n) d_i + (r/n) d_{i+1}``, and the ``n - 1`` frames after the last key frame, which has
+    no successor, take ``d_{t0-1}``. Either way ``A P d = d``: the key frames are corrected exactly.
+    """
+    _checks.choice("spread", spread, SPREADS)
+    if spread == "keys":
+        return frame_operator_pinv("sample", num_key_frames, scale)
+    t0 = _checks.integer("num_key_frames", num_key_frames, minimum=1)
+    n = check_scale(scale)
+    operator = torch.zeros(n * t0, t0, dtype=torch.float64)
+    for frame in range(n * t0):
+        i, r = divmod(frame, n)
+        if i + 1 < t0:
+            operator[frame, i], operator[frame, i + 1] = 1 - r / n, r / n
+        else:
+            operator[frame, i] = 1.0
+    return operator
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,6 +40,27 @@ def test_operators_match_paper_equations_for_scale_two():
             torch.testing.assert_close(left[i], 0.5 * (eye[2 * i - 1] + eye[2 * i]))
 
 
+@pytest.mark.parametrize("spread", frames.SPREADS)
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("num_key_frames", KEY_FRAME_COUNTS)
+def test_key_spread_is_a_right_inverse_of_sample(spread, scale, num_key_frames):
+    spreading = frames.key_spread(spread, num_key_frames, scale)
+    assert spreading.shape == (scale * num_key_frames, num_key_frames) and spreading.dtype == torch.float64
+    operator = zs_kernels.frame_operator("sample", num_key_frames, scale)
+    torch.testing.assert_close(operator @ spreading, torch.eye(num_key_frames, dtype=torch.float64), rtol=0, atol=0)
+    if spread == "keys":
+        assert torch.equal(spreading, zs_kernels.frame_operator_pinv("sample", num_key_frames, scale))
+    else:  # every frame takes a convex combination of key-frame corrections
+        torch.testing.assert_close(spreading.sum(1), torch.ones(scale * num_key_frames, dtype=torch.float64))
+
+
+def test_linear_key_spread_interpolates_and_holds_the_last_key_frame():
+    expected = torch.tensor([[1, 0, 0], [2 / 3, 1 / 3, 0], [1 / 3, 2 / 3, 0],
+                             [0, 1, 0], [0, 2 / 3, 1 / 3], [0, 1 / 3, 2 / 3],
+                             [0, 0, 1], [0, 0, 1], [0, 0, 1]], dtype=torch.float64)
+    torch.testing.assert_close(frames.key_spread("linear", 3, 3), expected, rtol=0, atol=1e-15)
+
+
 @pytest.mark.parametrize("kind", frames.OPERATOR_KINDS)
 @pytest.mark.parametrize("scale", (2, 3, 4, 9))
 @pytest.mark.parametrize("num_key_frames", KEY_FRAME_COUNTS)
@@ -147,6 +168,8 @@ def test_relative_positions_clip_and_do_not_depend_on_window_start():
         (lambda: zs_kernels.window_starts(10, 4, 5), ValueError, ["stride", "<= 4", "5"]),
         (lambda: zs_kernels.window_starts(0, 4, 2), ValueError, ["num_frames", ">= 1"]),
         (lambda: zs_kernels.window_weights(4, "triangle"), ValueError, ["weighting", "'triangle'", "pyramid"]),
+        (lambda: frames.key_spread("cubic", 4, 2), ValueError, ["spread", "'cubic'", "'keys', 'linear'"]),
+        (lambda: frames.key_spread("linear", 4, 1), ValueError, ["scale", ">= 2", "1"]),
     ],
 )
 def test_bad_arguments_are_named(call, error, words):

@@ -24,7 +24,9 @@ by its noise draw), so all rows of a seed share one base video. Rows:
 
 Diagnostic rows (only when named in ``--methods``) take one piece away at a time: ``no_correction``,
 ``no_positions``, ``full_window``, ``constant_strength``, ``color`` (on the paper's configuration),
-and ``key_guidance`` (the default with SVD's guidance at key positions, SPEC §10). ``--front`` adds sweeps of each
+``key_guidance`` (the default with SVD's guidance at key positions, SPEC §10), ``residual_only`` (the
+default without its final move of the key frames: how well the residual correction alone holds
+them) and ``ddnm_linear`` (latent DDNM with the default's linear spread, a fair baseline). ``--front`` adds sweeps of each
 method's strength/schedule (:data:`FRONT`) and plots key PSNR against the quality columns.
 
 Columns (see :mod:`zerosmooth.lab.metrics`): key-frame PSNR/SSIM against the base video; ``interp
@@ -53,11 +55,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from zerosmooth.config import PAPER
 from zerosmooth.lab.metrics import clip_features, estimate_positions, frechet_distance, psnr, ssim, trajectory_metrics
 from zerosmooth.lab.world import HELD_OUT_SEED_BASE, RENDER_FPS, WorldConfig, render_clip
 
 # Row name -> ZeroSmoothConfig overrides (None: computed from the base video, no model run).
-PAPER = {"residual_strength": 0.0}
 METHODS: dict[str, dict | None] = {
     "repeat": None,
     "blend": None,
@@ -71,6 +73,14 @@ METHODS: dict[str, dict | None] = {
     "zerosmooth": {},
     "exact_keys": None,
 }
+
+
+def _residual(strength: float, stop: float, sites=("resnets",), spread: str = "keys") -> dict:
+    """The residual correction alone: key frames as denoised, no final move onto the base video."""
+    return {"residual_strength": strength, "residual_schedule": "constant", "residual_window": (0.0, stop),
+            "residual_sites": tuple(sites), "residual_spread": spread, "key_frames": "free"}
+
+
 # Diagnostic rows, run only when named in --methods: which part of ZeroSmooth does the work.
 DIAGNOSTICS: dict[str, dict] = {
     "no_correction": {**PAPER, "correct_spatial": False, "correct_temporal": False, "correct_cross": False},
@@ -79,13 +89,9 @@ DIAGNOSTICS: dict[str, dict] = {
     "constant_strength": {**PAPER, "strength_schedule": "constant"},
     "color": {**PAPER, "color_correction": True},
     "key_guidance": {"key_guidance": True},
+    "residual_only": _residual(1.0, 1.0, spread="linear"),
+    "ddnm_linear": {"method": "latent_ddnm", "ddnm_spread": "linear"},
 }
-
-
-def _residual(strength: float, stop: float, sites=("resnets",)) -> dict:
-    return {"residual_strength": strength, "residual_schedule": "constant", "residual_window": (0.0, stop),
-            "residual_sites": tuple(sites)}
-
 
 # --front: each method family's knob swept; the family's points form its front.
 FRONT: dict[str, dict[str, dict]] = {
@@ -94,6 +100,7 @@ FRONT: dict[str, dict[str, dict]] = {
         "ddnm 0.5": {"method": "latent_ddnm", "ddnm_strength": 0.5},
         "ddnm 1.0 early": {"method": "latent_ddnm", "ddnm_window": (0.0, 0.5)},
         "ddnm 1.0": {"method": "latent_ddnm"},
+        "ddnm 1.0 linear": {"method": "latent_ddnm", "ddnm_spread": "linear"},
     },
     "paper": {
         "paper w 0.4": {**PAPER, "strength": 0.4},
@@ -107,6 +114,10 @@ FRONT: dict[str, dict[str, dict]] = {
         "residual 0.5 all": _residual(0.5, 1.0),
         "residual 1.0 all": _residual(1.0, 1.0),
         "residual+temporal 1.0 first 50%": _residual(1.0, 0.5, ("resnets", "temporal")),
+    },
+    "residual linear": {
+        "linear 0.5 all": _residual(0.5, 1.0, spread="linear"),
+        "linear 1.0 all": _residual(1.0, 1.0, spread="linear"),
     },
 }
 FRONT_RUNS = {name: overrides for family in FRONT.values() for name, overrides in family.items()}
@@ -172,7 +183,7 @@ def generate(pipe, overrides: dict, stages: int, image: Image.Image, args, seed:
 
 def _settings(overrides: dict):
     """The full configuration a row's overrides give: rows that differ only in how they spell the
-    defaults (``{}`` and ``{"residual_strength": 0.0}`` while that is the default) share one run."""
+    defaults (``{}`` and the same fields spelt out) share one run."""
     from zerosmooth import ZeroSmoothConfig
 
     return ZeroSmoothConfig(**overrides)
