@@ -358,7 +358,7 @@ def test_torch_path_lane_form(monkeypatch, dtype, weighting, head_dim, num_frame
 @pytest.mark.parametrize("capacity, chunks", [(1, 5), (2 * 2 * 3 * 4 * 4 * 4 * 2, 3)])
 def test_torch_path_lane_form_in_chunks(monkeypatch, capacity, chunks):
     """The lane form in chunks of one sequence row, or of two with a last chunk of one."""
-    monkeypatch.setattr(vectorized, "CHUNK_ELEMENTS", capacity)
+    monkeypatch.setattr(vectorized, "LANE_CHUNK_ELEMENTS", capacity)
     spy = PathSpy(monkeypatch)
     q, k, v, q_hat, k_hat, v_hat = (torch.randn(5, 2, 8, 4, dtype=torch.float64) for _ in range(6))
     expected = reference.windowed_attention(q, k, v, window=4, stride=2, corrected=(q_hat, k_hat, v_hat), blend=0.3)

@@ -71,6 +71,10 @@ PER_WINDOW_BELOW_FRAMES = 16
 # N·H = 256, 2048, 4096; F = 8, 12, 15) lane / per-window 0.13–0.35 at D = 4, 0.3–0.95 at D = 8,
 # 0.4–1.4 at D = 12 and 0.9–1.2 at D = 16.
 LANES_MAX_HEAD_DIM = 8
+# The lane form's chunks hold products of at most this many elements (4 MiB in float32): measured
+# (tiny SVD shapes, dual pass) 1 << 20 and 1 << 22 within 5 % of each other, 1 << 18 8 % and
+# 1 << 16 50 % slower, from the fixed cost of each chunk's operations.
+LANE_CHUNK_ELEMENTS = 1 << 20
 
 
 def _eager_cache(function):
@@ -350,30 +354,33 @@ def _lanes(passes, plan: _LanePlan, softmax_scale, blend, dtype):
     """The lane form of one chunk: ``passes`` one or two ``(q, k, v)``, each ``[n, H, F, D]``;
     returns the (blended) result as a ``[n, H, F, D]`` view.
 
-    The inputs are copied frame-major, ``[F, D, lanes]`` with ``lanes = passes · n · H``, and
-    each window's frames gathered (``[nw, w, D, lanes]``); scores, softmax and values are then
-    elementwise products and reductions over dims outside the lanes, so every operation runs
-    over contiguous vectors of ``lanes`` elements. Each window's softmax is normalised on its
+    Each window's frames are gathered frame-major, ``[passes, nw, w, D, lanes]`` with
+    ``lanes = n · H`` (one strided gather per input, no other copy); scores, softmax and values
+    are then elementwise products and reductions over dims outside the lanes, so every operation
+    runs over contiguous vectors of ``lanes`` elements. Each window's softmax is normalised on its
     own, as in the definition, so a non-finite input reaches exactly the windows holding it.
     """
     n, heads, num_frames, head_dim = passes[0][0].shape
-    count = len(passes)
-    lanes = count * n * heads
+    count, lanes = len(passes), n * heads
     gathered = []
     for sources in zip(*passes):
-        buffer = torch.empty(num_frames, head_dim, count, n, heads, device=sources[0].device, dtype=dtype)
+        buffer = torch.empty(count, plan.windows * plan.length, head_dim, n, heads, device=sources[0].device,
+                             dtype=dtype)
         for index, source in enumerate(sources):
-            buffer[:, :, index].copy_(source.permute(2, 3, 0, 1))
-        members = buffer.view(num_frames, head_dim * lanes).index_select(0, plan.members)
-        gathered.append(members.view(plan.windows, plan.length, head_dim, lanes))
+            if source.dtype == dtype:
+                torch.index_select(source.permute(2, 3, 0, 1), 0, plan.members, out=buffer[index])
+            else:
+                buffer[index].copy_(source.permute(2, 3, 0, 1)[plan.members])
+        gathered.append(buffer.view(count, plan.windows, plan.length, head_dim, lanes))
     q, k, v = gathered
-    scores = (q[:, :, None] * k[:, None]).sum(3).mul_(softmax_scale)  # [nw, w (query), w (key), lanes]
-    probabilities = torch.softmax(scores, dim=2).mul_(plan.weights)
-    attended = (probabilities[:, :, :, None] * v[:, None]).sum(2)  # [nw, w, D, lanes]
-    fused = attended.new_zeros(num_frames, head_dim * lanes)
-    fused.index_add_(0, plan.members, attended.view(-1, head_dim * lanes))
-    fused = fused.view(num_frames, head_dim, count, n, heads)
-    result = fused[:, :, 0] if count == 1 else fused[:, :, 0].lerp_(fused[:, :, 1], blend)
+    # [passes, nw, w (query), w (key), lanes]
+    scores = (q[:, :, :, None] * k[:, :, None]).sum(4).mul_(softmax_scale)
+    probabilities = torch.softmax(scores, dim=3).mul_(plan.weights)
+    attended = (probabilities[:, :, :, :, None] * v[:, :, None]).sum(3)  # [passes, nw, w, D, lanes]
+    fused = attended.new_zeros(count, num_frames, head_dim * lanes)
+    fused.index_add_(1, plan.members, attended.view(count, -1, head_dim * lanes))
+    fused = fused.view(count, num_frames, head_dim, n, heads)
+    result = fused[0] if count == 1 else fused[0].lerp_(fused[1], blend)
     return result.permute(2, 3, 0, 1)
 
 
@@ -424,9 +431,9 @@ def windowed_attention(q, k, v, window, stride, weighting, softmax_scale, rel_k,
     out = torch.empty_like(q)
     if kind == "lanes":
         plan = _lane_plan(num_frames, window, stride, weighting, q.device, compute_dtype)
-        # The largest temporaries, the [nw, w, w, D, lanes] products, kept to a chunk's size.
+        # The largest temporaries, the [passes, nw, w, w, D, lanes] products, kept to a chunk's size.
         per_sequence = len(passes) * heads * plan.windows * plan.length**2 * head_dim
-        chunk = max(1, CHUNK_ELEMENTS // per_sequence)
+        chunk = max(1, LANE_CHUNK_ELEMENTS // per_sequence)
         for begin in range(0, batch, chunk):
             span = slice(begin, begin + chunk)
             out[span] = _lanes([[tensor[span] for tensor in inputs] for inputs in passes], plan, softmax_scale,
