@@ -172,6 +172,40 @@ def test_cross_attention_correction_equals_two_full_passes(axis, record, conditi
     assert len(session.cache) == 0
 
 
+@pytest.mark.parametrize("axis", ["spatial", "temporal"])
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_recorded_self_attention_states_are_the_module_projections(axis, wrapped):
+    """An uncorrected stage records q | k | v of self-attention (one GEMM per projection into its
+    columns when the projections are plain Linear layers, the layers' own calls otherwise, e.g.
+    under a forward hook) and its output is the processor's: fresh random inputs, odd sizes."""
+    from diffusers.models.attention_processor import Attention
+
+    batch, frames_, tokens, channels, heads = 2, 3, 5, 12, 3
+    module = Attention(query_dim=channels, heads=heads, dim_head=4, bias=True).eval()
+    calls = []
+    if wrapped:
+        module.to_k.register_forward_hook(lambda *args: calls.append(1))
+    slot = hooks.SessionSlot()
+    installed = hooks.install([(module, attention.AttentionHook(slot, "self", axis))])
+    shape = (batch * frames_, tokens, channels) if axis == "spatial" else (batch * tokens, frames_, channels)
+    hidden = torch.randn(shape)
+    session = Session(ZeroSmoothConfig(), window=frames_, stride=frames_, kv_generator=torch.Generator())
+    session.step = StageStep(stage=1, num_frames=frames_, unet_batch=batch, record=True)
+    slot.session = session
+    with torch.no_grad():
+        out = module(hidden)
+        assert len(calls) == int(wrapped), "a hooked projection must run through its own call"
+        hooks.remove(installed)
+        expected = module(hidden)
+        projections = torch.cat([module.to_q(hidden), module.to_k(hidden), module.to_v(hidden)], dim=-1)
+    if axis == "spatial":
+        projections = projections.unflatten(0, (batch, frames_))
+    else:
+        projections = projections.unflatten(0, (batch, tokens)).transpose(1, 2)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(session.cache.take(1, "self"), projections, rtol=1e-5, atol=1e-6)
+
+
 def _draws(count: int, **config) -> list[str]:
     session = Session(ZeroSmoothConfig(**config), window=4, stride=2, kv_generator=torch.Generator().manual_seed(0))
     return [session.draw_kv_operator() for _ in range(count)]

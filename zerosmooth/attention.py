@@ -24,6 +24,7 @@ import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 import zs_kernels
+from zs_kernels.corrected_qkv.vectorized import project
 from zs_kernels.frames import box_ranges
 
 from .hooks import ZeroSmoothHook
@@ -47,6 +48,13 @@ def _attend(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor)
         backend=getattr(module.processor, "_attention_backend", None),
     )
     return out.flatten(2)
+
+
+def _plain_linear(layer: torch.nn.Module) -> bool:
+    """Whether calling ``layer`` is ``F.linear`` with its own weight and bias: a ``torch.nn.Linear``
+    without forward hooks or a replaced forward (adapters, accelerate's offload hooks)."""
+    return (type(layer) is torch.nn.Linear and not layer._forward_hooks and not layer._forward_pre_hooks
+            and "forward" not in vars(layer))
 
 
 def _from_heads(out: torch.Tensor) -> torch.Tensor:
@@ -131,13 +139,22 @@ class AttentionHook(ZeroSmoothHook):
         Temporal self-attention of a corrected stage whose correction is switched off still runs
         over windows when the step says so.
         """
-        query = module.to_q(hidden_states)
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        key = module.to_k(context)
-        value = module.to_v(context)
-        if record:
-            states = query if encoder_hidden_states is not None else torch.cat([query, key, value], dim=-1)
-            self._record(session, step, self._frames_view(states, step))
+        layers = (module.to_q, module.to_k, module.to_v)
+        if record and encoder_hidden_states is None and all(_plain_linear(layer) for layer in layers):
+            # The recorded q | k | v is written by one GEMM per projection into its columns, and
+            # the projections are views of it: no concatenated copy.
+            qkv = project(self._frames_view(hidden_states, step), tuple(layer.weight for layer in layers),
+                          tuple(layer.bias for layer in layers))
+            self._record(session, step, qkv)
+            query, key, value = self._module_layout(qkv).chunk(3, dim=-1)
+        else:
+            query = module.to_q(hidden_states)
+            context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+            key = module.to_k(context)
+            value = module.to_v(context)
+            if record:
+                states = query if encoder_hidden_states is not None else torch.cat([query, key, value], dim=-1)
+                self._record(session, step, self._frames_view(states, step))
         if self.axis == TEMPORAL and encoder_hidden_states is None and step.windowed:
             heads = module.heads
             out = zs_kernels.windowed_attention(

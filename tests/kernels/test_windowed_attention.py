@@ -287,7 +287,7 @@ class PathSpy:
     """Counts the calls of the torch path's formulations, still running them."""
 
     def __init__(self, monkeypatch):
-        self.calls = {"plain_attention": 0, "banded": 0, "per_window": 0}
+        self.calls = {"plain_attention": 0, "banded": 0, "per_window": 0, "lanes": 0}
         for name in self.calls:
             original = getattr(vectorized, f"_{name}")
 
@@ -335,6 +335,40 @@ def test_torch_path_few_frames_per_window(monkeypatch, dtype, num_frames, window
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("weighting", ["pyramid", "flat"])
+@pytest.mark.parametrize("head_dim", [3, 7, 8])
+@pytest.mark.parametrize("num_frames, window, stride", [(8, 4, 2), (13, 5, 3), (15, 8, 7), (11, 3, 1)])
+def test_torch_path_lane_form(monkeypatch, dtype, weighting, head_dim, num_frames, window, stride):
+    """Several windows over few frames with a small head dim and no tables take the lane form
+    (single and dual pass; tail windows, stride 1, non-power-of-2 sizes), within the error rule
+    of :func:`check`; with tables the per-window form."""
+    q, k, v = strided_qkv(3, 5, num_frames, head_dim, dtype)
+    corrected = tuple(strided_qkv(3, 5, num_frames, head_dim, dtype))
+    spy = PathSpy(monkeypatch)
+    check(q, k, v, backend="torch", window=window, stride=stride, weighting=weighting)
+    check(q, k, v, backend="torch", window=window, stride=stride, weighting=weighting, softmax_scale=0.3,
+          corrected=corrected, blend=0.6)
+    spy.only("lanes", 2)
+    rel_k = torch.randn(2 * window - 1, head_dim, dtype=dtype)
+    spy = PathSpy(monkeypatch)
+    check(q, k, v, backend="torch", window=window, stride=stride, rel_k=rel_k, corrected=corrected, blend=0.6)
+    spy.only("per_window", 2)
+
+
+@pytest.mark.parametrize("capacity, chunks", [(1, 5), (2 * 2 * 3 * 4 * 4 * 4 * 2, 3)])
+def test_torch_path_lane_form_in_chunks(monkeypatch, capacity, chunks):
+    """The lane form in chunks of one sequence row, or of two with a last chunk of one."""
+    monkeypatch.setattr(vectorized, "LANE_CHUNK_ELEMENTS", capacity)
+    spy = PathSpy(monkeypatch)
+    q, k, v, q_hat, k_hat, v_hat = (torch.randn(5, 2, 8, 4, dtype=torch.float64) for _ in range(6))
+    expected = reference.windowed_attention(q, k, v, window=4, stride=2, corrected=(q_hat, k_hat, v_hat), blend=0.3)
+    with testing.nan_filled_allocations():
+        result = zs_kernels.windowed_attention(q, k, v, window=4, stride=2, corrected=(q_hat, k_hat, v_hat), blend=0.3)
+    torch.testing.assert_close(result, expected)
+    spy.only("lanes", chunks)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_torch_path_every_block_size_with_bias_and_dual_pass(monkeypatch, dtype):
     q, k, v = strided_qkv(2, 3, 23, 40, dtype)
     corrected = tuple(strided_qkv(2, 3, 23, 40, dtype))
@@ -378,9 +412,10 @@ def test_torch_path_single_window(monkeypatch, dtype, num_frames, window):
 
 
 def test_formulation_reaches_every_path():
-    """The selection: SDPA for one window without tables, the per-window form for several windows
-    over few frames, the banded blocks otherwise with the cost model's block height, the
-    per-window form under torch.compile."""
+    """The selection: SDPA for one window without tables; for several windows over few frames
+    the lane form up to LANES_MAX_HEAD_DIM without tables, the per-window form otherwise; the
+    banded blocks otherwise with the cost model's block height; the per-window form under
+    torch.compile."""
     assert vectorized.formulation(12, 16, 4, 40, tables=False, compiling=False) == ("sdpa", None)
     assert vectorized.formulation(12, 16, 4, 40, tables=True, compiling=False) == ("banded", 12)
     assert vectorized.formulation(128, 16, 8, 40, tables=False, compiling=False) == (
@@ -392,6 +427,11 @@ def test_formulation_reaches_every_path():
         assert vectorized.formulation(below, 4, 2, 40, tables=tables, compiling=False) == (
             "banded", vectorized.block_rows(below, 4, 2, 40)
         )
+    small = vectorized.LANES_MAX_HEAD_DIM
+    assert vectorized.formulation(below - 1, 4, 2, small, tables=False, compiling=False) == ("lanes", None)
+    assert vectorized.formulation(below - 1, 4, 2, small + 1, tables=False, compiling=False) == ("per_window", None)
+    assert vectorized.formulation(below - 1, 4, 2, small, tables=True, compiling=False) == ("per_window", None)
+    assert vectorized.formulation(below - 1, 4, 2, small, tables=False, compiling=True) == ("per_window", None)
     for tables in (False, True):
         assert vectorized.formulation(12, 16, 4, 40, tables=tables, compiling=True) == ("per_window", None)
         assert vectorized.formulation(128, 16, 8, 40, tables=tables, compiling=True) == ("per_window", None)
@@ -447,7 +487,9 @@ def test_torch_path_underflowing_window_sums_stay_exact(monkeypatch):
     spy = PathSpy(monkeypatch)
     result = zs_kernels.windowed_attention(q, k, v, window=16, stride=8, softmax_scale=1.0, backend="torch")
     torch.testing.assert_close(result.double(), expected, rtol=1e-5, atol=1e-5)
-    assert spy.calls == {"plain_attention": 0, "banded": 1, "per_window": 1}, "the banded form must hand the chunk on"
+    assert spy.calls == {"plain_attention": 0, "banded": 1, "per_window": 1, "lanes": 0}, (
+        "the banded form must hand the chunk on"
+    )
 
 
 @pytest.mark.parametrize("capacity, chunks", [(1, 5), (2 * 2 * 3 * 4 * 12, 3)])
@@ -763,11 +805,10 @@ def assert_nan_reaches_only_dependents(backend, features, source, geometry, devi
 
     def run(values):
         options = dict(window=window, stride=stride, backend=backend)
-        if features == "rpe+dual":
-            options.update(
-                rel_k=values["rel_k"], rel_v=values["rel_v"],
-                corrected=(values["q_hat"], values["k_hat"], values["v_hat"]), blend=0.37,
-            )
+        if "dual" in features:
+            options.update(corrected=(values["q_hat"], values["k_hat"], values["v_hat"]), blend=0.37)
+        if "rpe" in features:
+            options.update(rel_k=values["rel_k"], rel_v=values["rel_v"])
         return zs_kernels.windowed_attention(values["q"], values["k"], values["v"], **options).cpu()
 
     clean = run(inputs)
@@ -810,6 +851,19 @@ def test_torch_path_nan_every_block_size(monkeypatch, features, source):
     for rows in block_candidates(num_frames, stride):
         monkeypatch.setattr(vectorized, "block_rows", lambda *args, rows=rows: rows)
         assert_nan_reaches_only_dependents("torch", features, source, (num_frames, window, stride), "cpu")
+
+
+@pytest.mark.parametrize(
+    "features, source", [("plain", source) for source in ("q", "k", "v")]
+    + [("dual", source) for source in ("q", "k", "v", "q_hat", "k_hat", "v_hat")],
+    ids=lambda value: str(value),
+)
+def test_torch_path_nan_lane_form(monkeypatch, features, source):
+    """The lane form normalises every window on its own: a NaN reaches exactly its windows."""
+    monkeypatch.setattr(vectorized, "LANES_MAX_HEAD_DIM", 16)
+    spy = PathSpy(monkeypatch)
+    assert_nan_reaches_only_dependents("torch", features, source, NAN_GEOMETRIES["windows"], "cpu")
+    assert spy.calls["lanes"] == 3 and spy.calls["per_window"] == 0, spy.calls
 
 
 # --- bad arguments and the deprecated name ----------------------------------------------------

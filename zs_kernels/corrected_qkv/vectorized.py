@@ -28,9 +28,11 @@ def _functional(h, weights, biases) -> bool:
     return torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors)
 
 
-def _project(h, weights, biases) -> torch.Tensor:
-    """``[B, t, L, 3 C_out]`` projections laid out like ``h``
-    (:func:`zs_kernels.corrected_qkv.layout.empty_projection`).
+def project(h, weights, biases) -> torch.Tensor:
+    """``[B, t, L, 3 C_out]`` projections of ``h [B, t, L, C]`` by ``weights`` (each ``[C_out, C]``,
+    ``biases`` each ``[C_out]`` or None), laid out like ``h``
+    (:func:`zs_kernels.corrected_qkv.layout.empty_projection`). ZeroSmooth's attention hook also
+    records an uncorrected stage's ``q | k | v`` with it.
 
     Eager inference writes each projection straight into its column slice of the output (a GEMM
     with a leading dimension of 3 C_out): no stacked weight and no stacked copy of the outputs.
@@ -61,7 +63,7 @@ def corrected_qkv(h, key_qkv, weights, biases, scale: int, kv_kind: str):
     Returns ``(qkv, qkv_hat)`` of logical shape ``[B, t, L, 3 C_out]`` laid out like ``h``
     (:func:`zs_kernels.corrected_qkv.layout.empty_projection`).
     """
-    qkv = _project(h, weights, biases)
+    qkv = project(h, weights, biases)
     columns = qkv.shape[-1]
     qkv_hat = layout.empty_projection(h, columns)
     qkv_hat.copy_(qkv)

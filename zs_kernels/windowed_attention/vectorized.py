@@ -30,6 +30,12 @@ Formulations (:func:`formulation` picks one per problem):
 * **per-window form**: the ``[F, F]`` scores, each window's softmax stabilised by its own
   maximum and non-finite values confined to their windows; exact for every input, and free of
   data-dependent branches, so ``torch.compile`` traces it.
+* **lane form** (few frames, small head dim, no tables): every window attended on its own, with
+  the sequences (``N·H``, and both passes of a dual call) as the innermost, contiguous dim of
+  frame-major copies. Windows of a few frames make ``[W, W]`` score matrices and rows of ``D``
+  channels far too small for batched matrix products or a last-dim softmax, which then cost
+  mostly per-matrix and per-row overhead; with the sequences innermost, the products, the
+  softmax over key frames and the fold are elementwise operations over long vectors.
 
 A window whose scores all lie far below ``m[f]`` would underflow ``Z_w``, and a non-finite input
 reaches every row whose band holds it; in those (rare) cases the banded formulation hands the
@@ -61,6 +67,14 @@ ELEMENT_COST_NS = (5.2, 0.046)  # + per head-dim channel
 # measured (dual pass, one thread, N·H = 256 and 2048, D = 16 and 40) banded / per-window 1.5–1.6 at
 # F = 8, W = 4 and 1.25–1.4 at F = 12, W = 8; 0.4–0.8 from F = 16 on (N·H = 2048).
 PER_WINDOW_BELOW_FRAMES = 16
+# Below those frames, head dims up to this take the lane form: measured (dual pass, one thread,
+# N·H = 256, 2048, 4096; F = 8, 12, 15) lane / per-window 0.13–0.35 at D = 4, 0.3–0.95 at D = 8,
+# 0.4–1.4 at D = 12 and 0.9–1.2 at D = 16.
+LANES_MAX_HEAD_DIM = 8
+# The lane form's chunks hold products of at most this many elements (4 MiB in float32): measured
+# (tiny SVD shapes, dual pass) 1 << 20 and 1 << 22 within 5 % of each other, 1 << 18 8 % and
+# 1 << 16 50 % slower, from the fixed cost of each chunk's operations.
+LANE_CHUNK_ELEMENTS = 1 << 20
 
 
 def _eager_cache(function):
@@ -319,6 +333,57 @@ def _per_window(q, k, v, plan: _WindowPlan, softmax_scale, rel_k, rel_v):
     return out
 
 
+class _LanePlan:
+    """Per-(frames, window, stride, weighting) tensors of the lane form: ``members [nw·w]`` the
+    frame at each position of each window (window-major), ``weights [nw, w, 1, 1]`` the
+    normalised fusion weight of each window at each position."""
+
+    def __init__(self, num_frames: int, window: int, stride: int, weighting: str, device, dtype):
+        starts, weights = frames.fusion_weights(num_frames, window, stride, weighting)
+        self.windows, self.length = weights.shape
+        self.members = (torch.tensor(starts)[:, None] + torch.arange(self.length)).flatten().to(device)
+        self.weights = weights[:, :, None, None].to(device, dtype)
+
+
+@_eager_cache
+def _lane_plan(num_frames, window, stride, weighting, device, dtype) -> _LanePlan:
+    return _LanePlan(num_frames, window, stride, weighting, device, dtype)
+
+
+def _lanes(passes, plan: _LanePlan, softmax_scale, blend, dtype):
+    """The lane form of one chunk: ``passes`` one or two ``(q, k, v)``, each ``[n, H, F, D]``;
+    returns the (blended) result as a ``[n, H, F, D]`` view.
+
+    Each window's frames are gathered frame-major, ``[passes, nw, w, D, lanes]`` with
+    ``lanes = n · H`` (one strided gather per input, no other copy); scores, softmax and values
+    are then elementwise products and reductions over dims outside the lanes, so every operation
+    runs over contiguous vectors of ``lanes`` elements. Each window's softmax is normalised on its
+    own, as in the definition, so a non-finite input reaches exactly the windows holding it.
+    """
+    n, heads, num_frames, head_dim = passes[0][0].shape
+    count, lanes = len(passes), n * heads
+    gathered = []
+    for sources in zip(*passes):
+        buffer = torch.empty(count, plan.windows * plan.length, head_dim, n, heads, device=sources[0].device,
+                             dtype=dtype)
+        for index, source in enumerate(sources):
+            if source.dtype == dtype:
+                torch.index_select(source.permute(2, 3, 0, 1), 0, plan.members, out=buffer[index])
+            else:
+                buffer[index].copy_(source.permute(2, 3, 0, 1)[plan.members])
+        gathered.append(buffer.view(count, plan.windows, plan.length, head_dim, lanes))
+    q, k, v = gathered
+    # [passes, nw, w (query), w (key), lanes]
+    scores = (q[:, :, :, None] * k[:, :, None]).sum(4).mul_(softmax_scale)
+    probabilities = torch.softmax(scores, dim=3).mul_(plan.weights)
+    attended = (probabilities[:, :, :, :, None] * v[:, :, None]).sum(3)  # [passes, nw, w, D, lanes]
+    fused = attended.new_zeros(count, num_frames, head_dim * lanes)
+    fused.index_add_(1, plan.members, attended.view(count, -1, head_dim * lanes))
+    fused = fused.view(count, num_frames, head_dim, n, heads)
+    result = fused[0] if count == 1 else fused[0].lerp_(fused[1], blend)
+    return result.permute(2, 3, 0, 1)
+
+
 def _plain_attention(q, k, v, softmax_scale, dtype):
     """Attention over all ``F`` frames of ``q, k, v [N, H, F, D]`` computed in ``dtype``, ``[N, H, F, D]``."""
     q, k, v = (tensor.to(dtype) for tensor in (q, k, v))
@@ -331,14 +396,15 @@ def formulation(num_frames: int, window: int, stride: int, head_dim: int, tables
     ``torch.compile`` traces the per-window form (no data-dependent branch). In eager mode, one
     window (``F <= W``) without relative tables is plain attention: one
     ``F.scaled_dot_product_attention`` call, the peer's own kernel without its loop; several
-    windows over fewer than :data:`PER_WINDOW_BELOW_FRAMES` frames take the per-window form;
-    anything else takes the banded formulation with :func:`block_rows` rows per block."""
+    windows over fewer than :data:`PER_WINDOW_BELOW_FRAMES` frames take the lane form when the
+    head dim is at most :data:`LANES_MAX_HEAD_DIM` and there are no tables, the per-window form
+    otherwise; anything else takes the banded formulation with :func:`block_rows` rows per block."""
     if compiling:
         return "per_window", None
     if num_frames <= window and not tables:
         return "sdpa", None
     if window < num_frames < PER_WINDOW_BELOW_FRAMES:
-        return "per_window", None
+        return ("lanes", None) if head_dim <= LANES_MAX_HEAD_DIM and not tables else ("per_window", None)
     return "banded", block_rows(num_frames, window, stride, head_dim)
 
 
@@ -346,7 +412,7 @@ def windowed_attention(q, k, v, window, stride, weighting, softmax_scale, rel_k,
     """Fused windowed attention; ``q, k, v [N, H, F, D]`` any strides, output ``torch.empty_like(q)``.
 
     Half-precision inputs are computed in float32. :func:`formulation` picks the formulation; the
-    banded and per-window ones process the batch in chunks so that their temporaries stay small,
+    banded, per-window and lane ones process the batch in chunks so that their temporaries stay small,
     and a chunk the banded one cannot take goes to the per-window one.
     """
     compute_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
@@ -363,6 +429,16 @@ def windowed_attention(q, k, v, window, stride, weighting, softmax_scale, rel_k,
         result = results[0] if corrected is None else results[0].lerp_(results[1], blend)
         return torch.empty_like(q).copy_(result)
     out = torch.empty_like(q)
+    if kind == "lanes":
+        plan = _lane_plan(num_frames, window, stride, weighting, q.device, compute_dtype)
+        # The largest temporaries, the [passes, nw, w, w, D, lanes] products, kept to a chunk's size.
+        per_sequence = len(passes) * heads * plan.windows * plan.length**2 * head_dim
+        chunk = max(1, LANE_CHUNK_ELEMENTS // per_sequence)
+        for begin in range(0, batch, chunk):
+            span = slice(begin, begin + chunk)
+            out[span] = _lanes([[tensor[span] for tensor in inputs] for inputs in passes], plan, softmax_scale,
+                               blend, compute_dtype)
+        return out
     window_plan = band_plan = buffers = None
     if kind == "per_window":
         window_plan = _window_plan(num_frames, window, stride, weighting, q.device, compute_dtype)
