@@ -21,16 +21,17 @@ METHODS = ("zerosmooth", "direct", "latent_ddnm")
 WEIGHTINGS = ("pyramid", "flat")
 BACKENDS = ("auto", "torch", "triton", "reference")
 RESIDUAL_SITES = ("resnets", "temporal")
-KEY_FRAMES = ("exact", "free")
+"""Where the residual-stream correction may act: ``"resnets"``, the outputs of the UNet's ResNet
+blocks (SVD's spatio-temporal ones, the 2-D ones of AnimateDiff and ModelScope); ``"temporal"``, the
+outputs of its temporal layers (SVD's spatio-temporal transformers, AnimateDiff's motion modules,
+ModelScope's temporal convolutions and temporal transformers)."""
 SPREADS = ("keys", "linear")
 """How a correction made at the key frames (residual stream, latent DDNM) reaches the others
 (:func:`zs_kernels.frames.key_spread`, whose names these are; kept here so that the config imports
 no torch): ``"keys"``, not at all (``A⁺``); ``"linear"``, interpolated between the two nearest key
 frames."""
-"""Where the residual-stream correction may act: ``"resnets"``, the outputs of the UNet's ResNet
-blocks (SVD's spatio-temporal ones, the 2-D ones of AnimateDiff and ModelScope); ``"temporal"``, the
-outputs of its temporal layers (SVD's spatio-temporal transformers, AnimateDiff's motion modules,
-ModelScope's temporal convolutions and temporal transformers)."""
+KEY_FRAMES = ("exact", "free")
+"""What the long stages' key frames end as (``ZeroSmoothConfig.key_frames``)."""
 
 
 PAPER = {"residual_strength": 0.0, "key_frames": "free"}

@@ -1,4 +1,4 @@
-"""The residual-stream correction (docs/SPEC.md §10, an extension beyond the paper; opt-in).
+"""The residual-stream correction (docs/SPEC.md §10, an extension beyond the paper; on by default).
 
 On a measured UNet, key-frame drift is made afresh in every pass by the layers that mix frames
 (temporal convolutions, temporal attention over windows holding in-between frames) and travels in
