@@ -1,6 +1,7 @@
 """Evaluation smoke test (untrained tiny pipeline, seconds) and the metrics' own properties."""
 
 import math
+import shlex
 
 import pytest
 import torch
@@ -75,13 +76,16 @@ def test_evaluate_end_to_end(tmp_path, capsys):
 
 
 def test_base_video_only(tmp_path):
-    """--scales 1 gives the base video's rows and no per-scale plot (there is no upsampled row to plot)."""
-    rows = evaluate.evaluate(evaluate.parse_args([
-        "--model", "tiny", "--out", str(tmp_path), "--seeds", "1", "--steps", "1", "--frames", "4", "--size", "32",
-        "--scales", "1", "--methods", "paper", "--threads", "1",
-    ]))
+    """--scales 1 gives the base video's rows and no per-scale plot (there is no upsampled row to plot);
+    table.md's command line runs again as written, even with a space in an argument."""
+    out = tmp_path / "base only"
+    argv = ["--model", "tiny", "--out", str(out), "--seeds", "1", "--steps", "1", "--frames", "4", "--size", "32",
+            "--scales", "1", "--methods", "paper", "--threads", "1"]
+    rows = evaluate.evaluate(evaluate.parse_args(argv))
     assert [(r["scale"], r["method"]) for r in rows] == [(1, "real"), (1, "base")]
-    assert (tmp_path / "table.md").is_file() and not (tmp_path / "plot.png").exists()
+    assert (out / "table.md").is_file() and not (out / "plot.png").exists()
+    command = (out / "table.md").read_text().splitlines()[0].removeprefix("Command: `").removesuffix("`")
+    assert shlex.split(command) == ["zerosmooth", "evaluate", *argv]
 
 
 def test_front_sweeps_and_dominance(tmp_path):

@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -322,7 +323,7 @@ def _write(out: Path, per_seed, rows, strips, args) -> None:
         writer = csv.DictWriter(f, fieldnames=["scale", "method", *COLUMNS])
         writer.writeheader()
         writer.writerows(rows)
-    command = "zerosmooth evaluate " + " ".join(args.argv)
+    command = "zerosmooth evaluate " + shlex.join(args.argv)  # quoted: row names may hold spaces
     table = markdown_table(rows)
     (out / "table.md").write_text(f"Command: `{command}`\n\n{table}\n")
     print(table)
