@@ -6,7 +6,8 @@ encodes the conditions, draws the shared noise and denoises. Every denoising ste
 recorded at the same step, and they are dropped as soon as they are read, so only one step's
 states are ever alive (the paper offloads every step's states to the CPU instead).
 ``method="latent_ddnm"`` is the exception: it needs the finished previous stage, so its stages run
-one after another.
+one after another. With ``key_frames="exact"`` the long stages' final latents are moved, in stage
+order, so that their key frames are the previous stage's (SPEC §10).
 """
 
 from __future__ import annotations
@@ -142,7 +143,8 @@ class _Progress:
 
 def run(plan: Plan, slot: SessionSlot, progress_bar: bool = True,
         progress: Optional[Callable[[int, int], None]] = None) -> Result:
-    """Denoise every stage of ``plan`` with the hooks reading ``slot``; decode; return the videos."""
+    """Denoise every stage of ``plan`` with the hooks reading ``slot``; set the key frames
+    (``key_frames="exact"``); decode; return the videos."""
     config, call, adapter = plan.config, plan.call, plan.adapter
     adapter.encode(call)
     shared = call.latents
