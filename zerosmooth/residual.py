@@ -50,6 +50,14 @@ def correct_key_frames(frames: torch.Tensor, key: torch.Tensor, scale: int, stre
     return frames
 
 
+def key_drift(latents: torch.Tensor, previous: torch.Tensor, scale: int, frame_dim: int = 1) -> float:
+    """``‖A x − x₀‖ / ‖x₀‖``: the relative distance of the key frames of ``latents`` (``n·t0``
+    frames along ``frame_dim``) from ``previous`` (the previous stage's ``t0`` frames there)."""
+    keys = latents.movedim(frame_dim, 0)[::scale].double()
+    reference = previous.movedim(frame_dim, 0).double()
+    return float((keys - reference).norm() / reference.norm())
+
+
 class ResidualHook(ZeroSmoothHook):
     """``post_forward`` on one site module: records its output for the next stage and corrects the
     key-frame rows of a long branch's output towards the previous stage's (module docstring)."""

@@ -25,7 +25,7 @@ from .adapters import Adapter
 from .adapters.base import Call, Stage
 from .config import ZeroSmoothConfig
 from .hooks import SessionSlot
-from .residual import correct_key_frames
+from .residual import correct_key_frames, key_drift
 from .state import Session, StageStep
 
 OUTPUT_TYPES = ("pt", "pil", "np", "latent")
@@ -206,7 +206,7 @@ def run(plan: Plan, slot: SessionSlot, progress_bar: bool = True,
     finally:
         slot.session = None
         ticker.close()
-    drift = [_key_drift(stage.latents, stages[stage.index - 2].latents, config.scale, adapter.latent_frame_dim)
+    drift = [key_drift(stage.latents, stages[stage.index - 2].latents, config.scale, adapter.latent_frame_dim)
              for stage in stages[1:]]
     if corrects and config.key_frames == "exact":
         for stage in stages[1:]:  # in order: stage 3 takes stage 2's exact key frames
@@ -217,12 +217,6 @@ def run(plan: Plan, slot: SessionSlot, progress_bar: bool = True,
     adapter.finish()
     return Result(videos, shared, step_noise, session, blends, residuals, pulls, drift)
 
-
-def _key_drift(latents: torch.Tensor, previous: torch.Tensor, scale: int, frame_dim: int) -> float:
-    """Relative distance of a stage's key-frame latents from the previous stage's latents."""
-    keys = latents.movedim(frame_dim, 0)[::scale].double()
-    reference = previous.movedim(frame_dim, 0).double()
-    return float((keys - reference).norm() / reference.norm())
 
 
 def _back_project_backend(config: ZeroSmoothConfig) -> str:

@@ -190,10 +190,6 @@ def _settings(overrides: dict):
     return ZeroSmoothConfig(**overrides)
 
 
-def _latent_key_error(long: torch.Tensor, base: torch.Tensor, factor: int) -> float:
-    return float((long[:, ::factor] - base).double().norm() / base.double().norm())
-
-
 def _video_row(video: torch.Tensor, base: torch.Tensor, clip, factor: int) -> dict:
     row = {"psnr_key": psnr(video[::factor], base), "ssim_key": ssim(video[::factor], base)}
     row.update(trajectory_metrics(estimate_positions(video, clip.colors), factor))
@@ -202,6 +198,8 @@ def _video_row(video: torch.Tensor, base: torch.Tensor, clip, factor: int) -> di
 
 def evaluate(args: argparse.Namespace) -> list[dict]:
     """Run every row on every seed and scale; write the outputs; return the aggregated rows."""
+    from zerosmooth.residual import key_drift  # imports diffusers: not at `zerosmooth evaluate --help`
+
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     methods = args.methods.split(",")
@@ -265,7 +263,7 @@ def evaluate(args: argparse.Namespace) -> list[dict]:
                     row.update(_video_row(video, base, clip, factor))
                 if name in latents:
                     long = latents[name][int(math.log2(factor))]
-                    row["latent_key_err"] = _latent_key_error(long, base_latents, factor)
+                    row["latent_key_err"] = key_drift(long, base_latents, factor)
                     row["psnr_alone"] = psnr(decode(pipe, long[:, ::factor]), base)
                 rows[(factor, name)] = row
                 videos_by_row.setdefault((factor, name), []).append(video)

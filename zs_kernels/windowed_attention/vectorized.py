@@ -391,7 +391,8 @@ def _plain_attention(q, k, v, softmax_scale, dtype):
 
 
 def formulation(num_frames: int, window: int, stride: int, head_dim: int, tables: bool, compiling: bool):
-    """The formulation for a problem: ``("sdpa", None)``, ``("banded", rows)`` or ``("per_window", None)``.
+    """The formulation for a problem: ``("sdpa", None)``, ``("banded", rows)``, ``("lanes", None)`` or
+    ``("per_window", None)``.
 
     ``torch.compile`` traces the per-window form (no data-dependent branch). In eager mode, one
     window (``F <= W``) without relative tables is plain attention: one
