@@ -122,11 +122,11 @@ def test_processors_run_the_corrected_path(monkeypatch):
 
 @pytest.mark.parametrize("axis", ["spatial", "temporal"])
 @pytest.mark.parametrize("record", [False, True])
-@pytest.mark.parametrize("condition_tokens", [1, 4])
+@pytest.mark.parametrize("condition_tokens", [2, 5])
 def test_cross_attention_correction_equals_two_full_passes(axis, record, condition_tokens):
-    """The cross-attention correction attends only the key-frame rows a second time (no row when the
-    condition is one token); it must equal the literal o + w (ô − o) with Q̂ = back_project(Q, Q_key,
-    sample) and both passes over every row, and record Q̂ for a next stage when asked."""
+    """The cross-attention correction attends only the key-frame rows a second time; it must equal
+    the literal o + w (ô − o) with Q̂ = back_project(Q, Q_key, sample) and both passes over every
+    row, and record Q̂ for a next stage when asked."""
     from diffusers.models.attention_processor import Attention
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
@@ -170,6 +170,41 @@ def test_cross_attention_correction_equals_two_full_passes(axis, record, conditi
     if record:
         assert torch.equal(session.cache.take(2, "cross"), query_hat)
     assert len(session.cache) == 0
+
+
+@pytest.mark.parametrize("axis", ["spatial", "temporal"])
+@pytest.mark.parametrize("corrected", [False, True])
+def test_single_token_cross_attention_is_the_value_broadcast(axis, corrected):
+    """Over one condition token, every stage's cross-attention output is the module's own, bit for
+    bit on finite rows, without calling to_q or to_k and without touching the key-state cache; a
+    query row holding a NaN gets the value like every other row."""
+    from diffusers.models.attention_processor import Attention
+
+    batch, key_frames, scale, tokens, channels = 2, 3, 2, 5, 12
+    frames_ = key_frames * scale
+    rows = batch * frames_ if axis == "spatial" else batch * tokens
+    module = Attention(query_dim=channels, cross_attention_dim=7, heads=3, dim_head=4, bias=True).eval()
+    hidden = torch.randn(rows, tokens if axis == "spatial" else frames_, channels)
+    hidden[1, 2, 3] = float("nan")
+    condition = torch.randn(rows, 1, 7)
+    with torch.no_grad():
+        expected = module(hidden, encoder_hidden_states=condition)
+        calls = []
+        for layer in (module.to_q, module.to_k):
+            layer.register_forward_hook(lambda *args: calls.append(1))
+        slot = hooks.SessionSlot()
+        installed = hooks.install([(module, attention.AttentionHook(slot, "cross", axis))])
+        session = Session(ZeroSmoothConfig(), window=frames_, stride=frames_, kv_generator=torch.Generator())
+        session.step = StageStep(stage=1 + corrected, num_frames=frames_, unet_batch=batch, corrected=corrected,
+                                 record=True, blend=0.7)
+        slot.session = session
+        out = module(hidden, encoder_hidden_states=condition)
+        hooks.remove(installed)
+    assert not calls and len(session.cache) == 0
+    finite = torch.ones(out.shape[:2], dtype=torch.bool)
+    finite[1, 2] = False
+    assert torch.equal(out[finite], expected[finite])
+    assert torch.equal(out[1, 2], out[1, 0])
 
 
 @pytest.mark.parametrize("axis", ["spatial", "temporal"])

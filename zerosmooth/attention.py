@@ -11,7 +11,10 @@ What :class:`AttentionHook` does depends on the session's :class:`~zerosmooth.st
   (``zs_kernels.corrected_qkv`` for self-attention, ``zs_kernels.back_project`` on Q for
   cross-attention), run both attention passes and blend them ``o + w (ô - o)``; temporal
   self-attention runs both passes over FreeNoise windows in one ``zs_kernels.windowed_attention``
-  call. They record their corrected projections for the next stage (SPEC §4, stage ≥ 3).
+  call. They record their corrected projections for the next stage (SPEC §4, stage ≥ 3);
+* cross-attention over a single condition token (SVD's image embedding) gives every query that
+  token's value in every stage, so it is the value broadcast: no query or key projection, no
+  attention call, nothing to correct or record.
 
 Layouts: spatial modules see ``[B·t, L, C]`` (viewed ``[B, t, L, C]``), temporal ones ``[B·L, t, C]``
 (viewed ``view(B, L, t, C).permute(0, 2, 1, 3)``); recorded states have logical shape
@@ -48,6 +51,20 @@ def _attend(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor)
         backend=getattr(module.processor, "_attention_backend", None),
     )
     return out.flatten(2)
+
+
+def _single_key_attention(module, hidden_states: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """Attention of ``hidden_states [N, S, C]`` over a one-token ``context [N, 1, C_ctx]`` (SVD's
+    image embedding), ``[N, S, H·D]`` before ``to_out``.
+
+    Softmax over a single score is exactly 1, so every query's output is the token's value, in
+    every branch and whatever the correction does to the queries: ``to_v(context)`` broadcast, with
+    no query or key projection and no attention call; bit-identical to PyTorch's attention on finite
+    inputs. A query row holding a NaN gets the value too (PyTorch's CPU kernel gives it zeros); the
+    NaN stays in the residual stream either way.
+    """
+    value = module.to_v(context)
+    return value.expand(-1, hidden_states.shape[1], -1)
 
 
 def _plain_linear(layer: torch.nn.Module) -> bool:
@@ -99,7 +116,9 @@ class AttentionHook(ZeroSmoothHook):
         enabled = config.correct_cross if cross else (
             config.correct_temporal if self.axis == TEMPORAL else config.correct_spatial
         )
-        if step.corrected and enabled:
+        if cross and encoder_hidden_states.shape[1] == 1:
+            out = _single_key_attention(module, hidden_states, encoder_hidden_states)  # nothing to correct or record
+        elif step.corrected and enabled:
             out = self._corrected(module, session, step, hidden_states, encoder_hidden_states)
         else:
             out = self._plain(module, session, step, hidden_states, encoder_hidden_states, record=step.record and enabled)
@@ -167,11 +186,11 @@ class AttentionHook(ZeroSmoothHook):
 
     def _corrected_cross(self, module, session: Session, step: StageStep, hidden_states, encoder_hidden_states,
                          key_states: torch.Tensor):
-        """Cross-attention: the condition is the same for every frame, so only Q is corrected, with
-        ``sample``: Q̂ is Q except at the key frames, where it is the key branch's Q (``key_states``).
-        Each query row attends on its own, so ô differs from o only at the key frames, and only those
-        rows are attended a second time (none when the condition is a single token). Returns the
-        blended output in the module layout."""
+        """Cross-attention over several condition tokens (one token: :func:`_single_key_attention`):
+        the condition is the same for every frame, so only Q is corrected, with ``sample``: Q̂ is Q
+        except at the key frames, where it is the key branch's Q (``key_states``). Each query row
+        attends on its own, so ô differs from o only at the key frames, and only those rows are
+        attended a second time. Returns the blended output in the module layout."""
         config, scale = session.config, session.config.scale
         query = module.to_q(hidden_states)
         key = module.to_k(encoder_hidden_states)
@@ -184,10 +203,6 @@ class AttentionHook(ZeroSmoothHook):
                 self._frames_view(query, step), key_states, "sample", scale, frame_dim=1, backend=backend
             )
             self._record(session, step, query_hat)
-        if key.shape[1] == 1:
-            # A single condition token takes all of every query's attention weight, so each row's
-            # output is that token's value whatever its query: ô = o (SVD's image embedding).
-            return out.to(query.dtype)
         key_frames = key_states.shape[1]
         query_keys = self._module_layout(key_states)
         if self.axis == SPATIAL and key.shape[0] == out.shape[0]:
