@@ -100,6 +100,43 @@ def test_front_sweeps_and_dominance(tmp_path):
     assert not evaluate.dominates([(30, 10)], [(31, 20)])
 
 
+def test_merge_equals_one_run(tmp_path):
+    """Methods split over two runs (sharing one) merge into the table one run of them all gives, with
+    the front read from rows of any name (latent_ddnm is the point ddnm 1.0); runs that do not share
+    seeds and noise, or a disagreeing shared row, are refused."""
+    common = ["--model", "tiny", "--seeds", "2", "--steps", "1", "--frames", "4", "--size", "32", "--scales", "2",
+              "--threads", "1"]
+
+    def run(name, methods, *extra):
+        evaluate.evaluate(evaluate.parse_args([*common, *extra, "--out", str(tmp_path / name), "--methods", methods]))
+        return tmp_path / name
+
+    whole = run("whole", "direct,latent_ddnm,zerosmooth,ddnm 0.5")
+    parts = [run("a", "direct,latent_ddnm"), run("b", "direct,zerosmooth,ddnm 0.5")]
+    rows = evaluate.merge(parts, tmp_path / "merged")
+    expected = evaluate._read_rows(whole / "table.csv", evaluate.COLUMNS)
+    assert [(r["scale"], r["method"]) for r in rows] == [(r["scale"], r["method"]) for r in expected]
+    assert len(rows) == 5 and all(evaluate._same(a[c], b[c]) for a, b in zip(rows, expected) for c in evaluate.COLUMNS)
+    merged = tmp_path / "merged"
+    for name in ("table.md", "table.csv", "per_seed.csv", "plot.png", "front.png", "front.csv"):
+        assert (merged / name).is_file()
+    assert "2×: default front dominates latent DDNM's (key PSNR vs FD-stats ↓)" in (merged / "front.md").read_text()
+    assert {p["method"] for p in evaluate.front_points(rows)} == {"direct", "latent_ddnm", "zerosmooth", "ddnm 0.5"}
+    assert len(evaluate._read_rows(merged / "per_seed.csv", evaluate.PER_SEED)) == 2 * 5
+
+    other_steps = run("steps", "direct", "--steps", "2")
+    with pytest.raises(ValueError, match="--steps 2"):
+        evaluate.merge([parts[0], other_steps], tmp_path / "x")
+    table = (parts[1] / "table.csv").read_text().replace("\n2,direct,", "\n2,direct,1", 1)
+    (parts[1] / "table.csv").write_text(table)
+    with pytest.raises(ValueError, match="direct' row .* differs"):
+        evaluate.merge(parts, tmp_path / "x")
+    with pytest.raises(ValueError, match="has no table.md"):
+        evaluate.merge([parts[0], tmp_path], tmp_path / "x")
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--merge", str(parts[0]), str(parts[1]), "--methods", "direct"])
+
+
 def test_diagnostics_are_opt_in():
     default = evaluate.parse_args([]).methods.split(",")
     assert default == list(evaluate.METHODS) and not set(default) & set(evaluate.DIAGNOSTICS)

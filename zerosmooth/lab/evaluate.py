@@ -3,6 +3,7 @@
     zerosmooth evaluate --out out/eval                          # the embedded model, the paper's table
     zerosmooth evaluate --front --out out/front                 # + the consistency/quality front
     zerosmooth evaluate --model tiny --seeds 2 --steps 2        # untrained tiny pipeline (smoke)
+    zerosmooth evaluate --merge out/a out/b --out out/ab        # one table from runs split by method
 
 For every held-out world seed the first rendered frame is the conditioning image, and every
 configuration runs ONE cascade of ``1 + log2(max scale)`` stages at scale 2 from the same noise:
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import math
 import shlex
 import sys
@@ -271,7 +273,12 @@ def evaluate(args: argparse.Namespace) -> list[dict]:
                     strips[(factor, name)] = video
         per_seed.extend(rows.values())
     rows = _aggregate(per_seed, videos_by_row, scales, ["real", "base"] + [m for m in RUNS if m in methods])
-    _write(args.out, per_seed, rows, strips, args)
+    command = "zerosmooth evaluate " + shlex.join(args.argv)  # quoted: row names may hold spaces
+    _write(args.out, per_seed, rows, f"Command: `{command}`", front=args.front)
+    for factor in sorted({factor for factor, _ in strips if factor > 1}):
+        names = ["real", *[m for m in METHODS if m in methods]]
+        videos = {name: strips[(factor, name)] for name in names if (factor, name) in strips}
+        _strip_sheet(videos, factor).save(args.out / f"strips_{factor}x.png")
     return rows
 
 
@@ -312,7 +319,10 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _write(out: Path, per_seed, rows, strips, args) -> None:
+def _write(out: Path, per_seed, rows, heading: str, front: bool) -> None:
+    """per_seed.csv, table.csv, table.md (``heading`` above the table), plot.png and, if ``front``,
+    the front's files."""
+    out.mkdir(parents=True, exist_ok=True)
     with open(out / "per_seed.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["seed", "scale", "method", *PER_SEED], restval="")
         writer.writeheader()
@@ -321,19 +331,14 @@ def _write(out: Path, per_seed, rows, strips, args) -> None:
         writer = csv.DictWriter(f, fieldnames=["scale", "method", *COLUMNS])
         writer.writeheader()
         writer.writerows(rows)
-    command = "zerosmooth evaluate " + shlex.join(args.argv)  # quoted: row names may hold spaces
     table = markdown_table(rows)
-    (out / "table.md").write_text(f"Command: `{command}`\n\n{table}\n")
+    (out / "table.md").write_text(f"{heading}\n\n{table}\n")
     print(table)
     upsampled = [r for r in rows if r["scale"] > 1]
     if upsampled:
         _plot(out / "plot.png", upsampled)
-    if args.front:
+    if front:
         _front(out, rows)
-    for factor in sorted({factor for factor, _ in strips if factor > 1}):
-        names = ["real", *[m for m in METHODS if m in args.methods.split(",")]]
-        videos = {name: strips[(factor, name)] for name in names if (factor, name) in strips}
-        _strip_sheet(videos, factor).save(out / f"strips_{factor}x.png")
 
 
 def _strip_sheet(videos: dict[str, torch.Tensor], factor: int, zoom: int = 2) -> Image.Image:
@@ -396,21 +401,43 @@ def dominates(front: list[tuple[float, float]], other: list[tuple[float, float]]
     return all(any(p >= q and d <= e for p, d in front) for q, e in other)
 
 
+QUALITY = (("fd_stats", "FD-stats ↓"), ("fd_learned", "FD-learned ↓"), ("interp_err", "interp err px ↓"))
+
+
+def front_points(rows: list[dict]) -> list[dict]:
+    """The rows that are points of a front family (:data:`FRONT`, plus ``direct`` and the
+    ``default``), each with its ``family``. A row belongs to a family when its configuration is one
+    of the family's, however the row is named (``latent_ddnm`` is the point ``ddnm 1.0``); each
+    configuration is one point per scale."""
+    families = {**FRONT, "direct": {"direct": RUNS["direct"]}, "default": {"zerosmooth": RUNS["zerosmooth"]}}
+    family_of = {_settings(overrides): family for family, members in families.items()
+                 for overrides in members.values()}
+    points, seen = [], set()
+    for r in rows:
+        overrides = RUNS.get(r["method"])
+        if r["scale"] == 1 or overrides is None:
+            continue
+        settings = _settings(overrides)
+        if settings in family_of and (r["scale"], settings) not in seen:
+            seen.add((r["scale"], settings))
+            points.append(dict(r, family=family_of[settings]))
+    return points
+
+
 def _front(out: Path, rows: list[dict]) -> None:
-    """front.csv (every front point) and front.png (key PSNR against each quality column, per scale)."""
+    """front.csv (every front point), front.png (key PSNR against each quality column, per scale)
+    and front.md (whether each family's front dominates latent DDNM's, per scale and column)."""
     plt = _pyplot()
-    families = {**FRONT, "direct": {"direct": {}}, "default": {"zerosmooth": {}}}
-    points = [dict(r, family=family) for family, members in families.items() for r in rows
-              if r["method"] in members and r["scale"] > 1]
+    points = front_points(rows)
+    families = list(dict.fromkeys(p["family"] for p in points))
     with open(out / "front.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["family", "scale", "method", *COLUMNS])
         writer.writeheader()
         writer.writerows(points)
     scales = sorted({p["scale"] for p in points})
-    quality = (("fd_stats", "FD-stats ↓"), ("fd_learned", "FD-learned ↓"), ("interp_err", "interp err px ↓"))
-    fig, axes = plt.subplots(len(scales), len(quality), figsize=(16, 5 * len(scales)), squeeze=False)
+    fig, axes = plt.subplots(len(scales), len(QUALITY), figsize=(16, 5 * len(scales)), squeeze=False)
     for row_axes, factor in zip(axes, scales):
-        for ax, (column, header) in zip(row_axes, quality):
+        for ax, (column, header) in zip(row_axes, QUALITY):
             for family in families:
                 members = sorted((p for p in points if p["family"] == family and p["scale"] == factor),
                                  key=lambda p: p[column])
@@ -426,15 +453,85 @@ def _front(out: Path, rows: list[dict]) -> None:
     fig.savefig(out / "front.png", dpi=70)
     plt.close(fig)
     lines = []
-    for factor in scales:
-        ddnm = [(p["psnr_key"], p["fd_stats"]) for p in points if p["family"] == "latent_ddnm" and p["scale"] == factor]
-        for family in families:
-            mine = [(p["psnr_key"], p["fd_stats"]) for p in points if p["family"] == family and p["scale"] == factor]
-            if mine and ddnm and family != "latent_ddnm":
-                lines.append(f"{factor}×: {family} front dominates latent DDNM's (key PSNR vs FD-stats): "
-                             f"{dominates(mine, ddnm)}")
+    for factor, (column, header), family in itertools.product(scales, QUALITY, families):
+        mine, ddnm = ([(p["psnr_key"], p[column]) for p in points if p["family"] == name and p["scale"] == factor]
+                      for name in (family, "latent_ddnm"))
+        if family != "latent_ddnm" and mine and ddnm:
+            lines.append(f"{factor}×: {family} front dominates latent DDNM's (key PSNR vs {header}): "
+                         f"{dominates(mine, ddnm)}")
     (out / "front.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+# What makes two evaluations' rows comparable: the same seeds, model, denoising and stage count.
+SAME_RUN_OPTIONS = ("model", "seeds", "steps", "size", "frames", "fps")
+
+
+def _stages(scales: str) -> int:
+    return 1 + int(math.log2(max(max(int(s) for s in scales.split(",")), 2)))
+
+
+def _read_rows(path: Path, numeric: tuple[str, ...]) -> list[dict]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["scale"] = int(row["scale"])
+        for column in numeric:
+            row[column] = float(row[column]) if row.get(column) else math.nan
+    return rows
+
+
+def _same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+
+
+def merge(sources: list[Path], out: Path) -> list[dict]:
+    """One table (and front, and plot) from the outputs of several ``zerosmooth evaluate`` runs over
+    the same seeds, model, steps and stage count, e.g. different methods run in parallel. Each row
+    is computed from its own videos and the real clips, so rows of runs that share seeds and noise
+    combine as they are; a row present in several runs (``real``, or any method run twice) must
+    agree to 1e-6, which checks that they do. Writes what ``evaluate`` writes except the strips."""
+    commands, tables, per_seed = [], [], []
+    for source in sources:
+        for name in ("table.md", "table.csv", "per_seed.csv"):
+            if not (source / name).is_file():
+                raise ValueError(f"--merge: {source} has no {name}; expected the output directory of a "
+                                 "`zerosmooth evaluate` run")
+        heading = (source / "table.md").read_text().splitlines()[0]
+        if not heading.startswith("Command: `zerosmooth evaluate ") or "--merge" in heading:
+            raise ValueError(f"--merge: {source}/table.md does not start with the command of one evaluate run")
+        command = heading.removeprefix("Command: `").removesuffix("`")
+        commands.append((source, command, parse_args(shlex.split(command)[2:])))
+        tables.append(_read_rows(source / "table.csv", COLUMNS))
+        per_seed.extend(_read_rows(source / "per_seed.csv", PER_SEED))
+    first_source, _, first = commands[0]
+    for source, _, args in commands[1:]:
+        for option in SAME_RUN_OPTIONS:
+            if getattr(args, option) != getattr(first, option):
+                raise ValueError(f"--merge: {source} ran with --{option} {getattr(args, option)}, {first_source} "
+                                 f"with {getattr(first, option)}; merged rows must share seeds, model and noise")
+        if _stages(args.scales) != _stages(first.scales):
+            raise ValueError(f"--merge: {source} ran {_stages(args.scales)} stages (--scales {args.scales}), "
+                             f"{first_source} {_stages(first.scales)} (--scales {first.scales}): their noise differs")
+    merged: dict[tuple[int, str], dict] = {}
+    order = ["real", "base", *RUNS]
+    for (source, _, _), table in zip(commands, tables):
+        for row in table:
+            if row["method"] not in order:
+                raise ValueError(f"--merge: {source} has a row {row['method']!r}; known rows: {order}")
+            key = (row["scale"], row["method"])
+            if key in merged and not all(_same(merged[key][c], row[c]) for c in COLUMNS):
+                raise ValueError(f"--merge: the {row['scale']}× {row['method']!r} row of {source} differs from "
+                                 "another run's: the runs do not share seeds and noise")
+            merged.setdefault(key, row)
+    rows = sorted(merged.values(), key=lambda r: (r["scale"], order.index(r["method"])))
+    unique_seed_rows = {(r["seed"], r["scale"], r["method"]): r for r in reversed(per_seed)}
+    per_seed = sorted(unique_seed_rows.values(), key=lambda r: (r["seed"], r["scale"], order.index(r["method"])))
+    sources_text = "\n".join(f"- `{source}`: `{command}`" for source, command, _ in commands)
+    heading = (f"Command: `zerosmooth evaluate --merge {shlex.join(map(str, sources))} --out {shlex.quote(str(out))}`"
+               f"\n\nMerged from:\n\n{sources_text}")
+    _write(out, per_seed, rows, heading, front=bool(front_points(rows)))
+    return rows
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -454,15 +551,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=None, help="t0 (default: the UNet's num_frames)")
     p.add_argument("--fps", type=int, default=RENDER_FPS // 4, help="SVD fps condition of the base video")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--merge", type=Path, nargs="+", metavar="DIR",
+                   help="instead of running, combine the outputs of evaluate runs over the same seeds, model, "
+                        "steps and stages (e.g. methods split across processes) into --out")
     args = p.parse_args(argv)
     args.argv = argv
+    if args.merge:
+        others = [a for a in argv if a.startswith("--") and a.split("=")[0] not in ("--merge", "--out")]
+        if others:
+            p.error(f"--merge takes only --out, got {' '.join(others)}")
+        if len(args.merge) < 2:
+            p.error(f"--merge needs at least two directories, got {len(args.merge)}")
     if args.seeds < 1:
         p.error(f"--seeds must be >= 1, got {args.seeds}")
     return args
 
 
 def main(argv=None) -> int:
-    evaluate(parse_args(argv))
+    args = parse_args(argv)
+    if args.merge:
+        merge(args.merge, args.out)
+    else:
+        evaluate(args)
     return 0
 
 
