@@ -122,6 +122,10 @@ FRONT: dict[str, dict[str, dict]] = {
         "linear 0.5 all": _residual(0.5, 1.0, spread="linear"),
         "linear 1.0 all": _residual(1.0, 1.0, spread="linear"),
     },
+    "default": {  # the library's default and its own knob; exact key frames either way
+        "default residual 0.5": {"residual_strength": 0.5},
+        "zerosmooth": {},
+    },
 }
 FRONT_RUNS = {name: overrides for family in FRONT.values() for name, overrides in family.items()}
 RUNS: dict[str, dict | None] = {**METHODS, **DIAGNOSTICS, **FRONT_RUNS}
@@ -409,7 +413,7 @@ def front_points(rows: list[dict]) -> list[dict]:
     ``default``), each with its ``family``. A row belongs to a family when its configuration is one
     of the family's, however the row is named (``latent_ddnm`` is the point ``ddnm 1.0``); each
     configuration is one point per scale."""
-    families = {**FRONT, "direct": {"direct": RUNS["direct"]}, "default": {"zerosmooth": RUNS["zerosmooth"]}}
+    families = {**FRONT, "direct": {"direct": RUNS["direct"]}}
     family_of = {_settings(overrides): family for family, members in families.items()
                  for overrides in members.values()}
     points, seen = [], set()
