@@ -54,8 +54,8 @@ def _attend(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor)
 
 
 def _single_key_attention(module, hidden_states: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-    """Attention of ``hidden_states [N, S, C]`` over a one-token ``context [N, 1, C_ctx]`` (SVD's
-    image embedding), ``[N, S, H·D]`` before ``to_out``.
+    """Attention of ``hidden_states [N, S, C]`` over a one-token ``context [N or 1, 1, C_ctx]``
+    (SVD's image embedding), ``[N, S, H·D]`` before ``to_out``.
 
     Softmax over a single score is exactly 1, so every query's output is the token's value, in
     every branch and whatever the correction does to the queries: ``to_v(context)`` broadcast, with
@@ -64,7 +64,7 @@ def _single_key_attention(module, hidden_states: torch.Tensor, context: torch.Te
     NaN stays in the residual stream either way.
     """
     value = module.to_v(context)
-    return value.expand(-1, hidden_states.shape[1], -1)
+    return value.expand(hidden_states.shape[0], hidden_states.shape[1], -1)
 
 
 def _plain_linear(layer: torch.nn.Module) -> bool:
