@@ -2,7 +2,11 @@
 
 * time: the 2× cascade (4 → 8 frames) against a base run at 4 frames plus direct inference at 8
   frames, for the library's default configuration (goal: ≤ 1.2× their summed time, issue 14) and
-  for the paper's attention-only correction (reported);
+  for the paper's attention-only correction (reported). The cascade pays for the corrections (a
+  second spatial attention pass, the dual windowed pass, the corrected projections, the residual
+  correction) and saves what the two plain runs do twice or need not do: the image conditioning
+  is encoded once, and cross-attention over SVD's single image token is its value, with no Q/K
+  projection or attention call (``zerosmooth.attention``), which diffusers computes;
 * memory: the key-state cache's peak against what offloading every step's states would hold (the
   paper's approach; goal: one step's worth).
 
