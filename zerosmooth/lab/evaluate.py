@@ -409,8 +409,8 @@ QUALITY = (("fd_stats", "FD-stats ↓"), ("fd_learned", "FD-learned ↓"), ("int
 
 
 def front_points(rows: list[dict]) -> list[dict]:
-    """The rows that are points of a front family (:data:`FRONT`, plus ``direct`` and the
-    ``default``), each with its ``family``. A row belongs to a family when its configuration is one
+    """The rows that are points of a front family (:data:`FRONT`, plus ``direct``), each with its
+    ``family``. A row belongs to a family when its configuration is one
     of the family's, however the row is named (``latent_ddnm`` is the point ``ddnm 1.0``); each
     configuration is one point per scale."""
     families = {**FRONT, "direct": {"direct": RUNS["direct"]}}
