@@ -10,10 +10,13 @@
 * memory: the key-state cache's peak against what offloading every step's states would hold (the
   paper's approach; goal: one step's worth).
 
-``pytest bench/bench_cascade.py -q`` prints both in the terminal summary. Timings on a shared CPU
-are noisy: each cascade round follows a base + direct round, and the fastest of each is compared.
+``pytest bench/bench_cascade.py -q`` prints both in the terminal summary. On a shared virtual
+machine the speed drifts over seconds by ±10 %, more than the overhead measured, so each cascade
+round runs right after a base + direct round and is divided by it: the median of these paired
+ratios is the figure judged (the fastest round of each side, and their ratio, are shown too).
 """
 
+import statistics
 import time
 
 import pytest
@@ -26,6 +29,8 @@ from zerosmooth.lab.tiny import tiny_svd_pipeline
 SIZE = 32
 BASE_FRAMES = 4
 STEPS = 3
+
+ROUNDS, WARMUP_ROUNDS = 9, 1
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -62,15 +67,20 @@ def test_cascade_against_base_plus_direct(benchmark, pipe, timings, report, goal
     # Base + direct runs right before every cascade round (pedantic's untimed setup), so a change of
     # load on a shared machine reaches both sides of the ratio alike.
     benchmark.pedantic(lambda: smoother(progress_bar=False, **_kwargs(BASE_FRAMES)), setup=time_base_plus_direct,
-                       rounds=7, iterations=1, warmup_rounds=1)
-    cascade = timings.benchmark_seconds()
-    baseline = min(peer_seconds) if cascade is not None else None
-    ratio = None if cascade is None else cascade / baseline
-    header = "| configuration | cascade s | base + direct s | ratio |\n|---|---|---|---|"
-    shown = "– | – | –" if ratio is None else f"{cascade:.3f} | {baseline:.3f} | {ratio:.2f}"
+                       rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP_ROUNDS)
+    rounds = timings.benchmark_rounds()
+    ratio = None
+    shown = "– | – | – | –"
+    if rounds is not None:
+        peers = peer_seconds[WARMUP_ROUNDS : WARMUP_ROUNDS + ROUNDS]  # the setup before each timed round
+        ratio = statistics.median(cascade / peer for cascade, peer in zip(rounds, peers))
+        shown = f"{min(rounds):.3f} | {min(peers):.3f} | {min(rounds) / min(peers):.2f} | {ratio:.2f}"
+    header = ("| configuration | cascade s (fastest) | base + direct s (fastest) | fastest / fastest | "
+              f"median of {ROUNDS} paired ratios |\n|---|---|---|---|---|")
     report.line("cascade (tiny SVD, 4 → 8 frames, 3 steps, one thread)", f"| {name} | {shown} |", header)
     if name == "default":
-        goal("2x cascade / (base + direct), default configuration", ratio, 1.2, higher_is_better=False)
+        goal("2x cascade / (base + direct), default configuration, median of paired rounds", ratio, 1.2,
+             higher_is_better=False)
 
 
 def test_key_state_cache_holds_one_step(benchmark, pipe, report, goal):

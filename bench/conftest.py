@@ -49,6 +49,11 @@ class Timings:
         """The fastest round of the test's ``benchmark`` call, or None in a smoke run."""
         return self._benchmark.stats.stats.min if self.enabled else None
 
+    def benchmark_rounds(self) -> Optional[list[float]]:
+        """Every timed round of the test's ``benchmark`` call in order (warm-up rounds excluded),
+        or None in a smoke run."""
+        return list(self._benchmark.stats.stats.data) if self.enabled else None
+
     def minimum_seconds(self, function: Callable[[], object], rounds: int = 5) -> Optional[float]:
         """Fastest of ``rounds`` runs of ``function`` after one warm-up; in a smoke run it does not
         run and returns None. Shared machines are noisy: the minimum is the steadiest statistic."""
