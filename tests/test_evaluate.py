@@ -127,6 +127,14 @@ def test_merge_equals_one_run(tmp_path):
     other_steps = run("steps", "direct", "--steps", "2")
     with pytest.raises(ValueError, match="--steps 2"):
         evaluate.merge([parts[0], other_steps], tmp_path / "x")
+    # --first-seed 1 runs the second seed of the 2-seed runs, with the same noise; merging it is refused.
+    second = run("second", "direct", "--first-seed", "1", "--seeds", "1")
+    direct = [r for r in evaluate._read_rows(whole / "per_seed.csv", evaluate.PER_SEED) if r["method"] == "direct"]
+    alone = [r for r in evaluate._read_rows(second / "per_seed.csv", evaluate.PER_SEED) if r["method"] == "direct"]
+    assert [r["seed"] for r in alone] == [r["seed"] for r in direct[1:]] == [str(evaluate.HELD_OUT_SEED_BASE + 1)]
+    assert all(evaluate._same(a[c], b[c]) for a, b in zip(alone, direct[1:]) for c in evaluate.PER_SEED)
+    with pytest.raises(ValueError, match="--first-seed 1"):
+        evaluate.merge([parts[0], second], tmp_path / "x")
     table = (parts[1] / "table.csv").read_text().replace("\n2,direct,", "\n2,direct,1", 1)
     (parts[1] / "table.csv").write_text(table)
     with pytest.raises(ValueError, match="direct' row .* differs"):

@@ -116,8 +116,8 @@ class AttentionHook(ZeroSmoothHook):
         enabled = config.correct_cross if cross else (
             config.correct_temporal if self.axis == TEMPORAL else config.correct_spatial
         )
-        if cross and encoder_hidden_states.shape[1] == 1:
-            out = _single_key_attention(module, hidden_states, encoder_hidden_states)  # nothing to correct or record
+        if cross and encoder_hidden_states.shape[1] == 1:  # nothing to correct or record
+            out = _single_key_attention(module, hidden_states, encoder_hidden_states)
         elif step.corrected and enabled:
             out = self._corrected(module, session, step, hidden_states, encoder_hidden_states)
         else:

@@ -230,7 +230,7 @@ def evaluate(args: argparse.Namespace) -> list[dict]:
     per_seed: list[dict] = []
     videos_by_row: dict[tuple[int, str], list[torch.Tensor]] = {}
     strips: dict[tuple[int, str], torch.Tensor] = {}
-    for k in range(args.seeds):
+    for k in range(args.first_seed, args.first_seed + args.seeds):
         seed = HELD_OUT_SEED_BASE + k
         clip = render_clip(seed, 4 * args.frames, world)
         image = Image.fromarray((clip.frames[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
@@ -273,7 +273,7 @@ def evaluate(args: argparse.Namespace) -> list[dict]:
                     row["psnr_alone"] = psnr(decode(pipe, long[:, ::factor]), base)
                 rows[(factor, name)] = row
                 videos_by_row.setdefault((factor, name), []).append(video)
-                if k == 0:
+                if k == args.first_seed:
                     strips[(factor, name)] = video
         per_seed.extend(rows.values())
     rows = _aggregate(per_seed, videos_by_row, scales, ["real", "base"] + [m for m in RUNS if m in methods])
@@ -468,7 +468,7 @@ def _front(out: Path, rows: list[dict]) -> None:
 
 
 # What makes two evaluations' rows comparable: the same seeds, model, denoising and stage count.
-SAME_RUN_OPTIONS = ("model", "seeds", "steps", "size", "frames", "fps")
+SAME_RUN_OPTIONS = ("model", "first_seed", "seeds", "steps", "size", "frames", "fps")
 
 
 def _stages(scales: str) -> int:
@@ -512,7 +512,8 @@ def merge(sources: list[Path], out: Path) -> list[dict]:
     for source, _, args in commands[1:]:
         for option in SAME_RUN_OPTIONS:
             if getattr(args, option) != getattr(first, option):
-                raise ValueError(f"--merge: {source} ran with --{option} {getattr(args, option)}, {first_source} "
+                flag = "--" + option.replace("_", "-")
+                raise ValueError(f"--merge: {source} ran with {flag} {getattr(args, option)}, {first_source} "
                                  f"with {getattr(first, option)}; merged rows must share seeds, model and noise")
         if _stages(args.scales) != _stages(first.scales):
             raise ValueError(f"--merge: {source} ran {_stages(args.scales)} stages (--scales {args.scales}), "
@@ -545,6 +546,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="embedded", help="'embedded', 'tiny' (untrained) or a pipeline directory")
     p.add_argument("--out", type=Path, default=Path("out/eval"), help="output directory")
     p.add_argument("--seeds", type=int, default=8, help="number of held-out world seeds")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="index of the first held-out seed (e.g. choose settings on --first-seed 16, report on 0)")
     p.add_argument("--scales", default="1,2,4", help="frame-rate factors to report (1: the base video)")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"rows to run (default: the paper's table); diagnostics: {','.join(DIAGNOSTICS)}; "
@@ -568,6 +571,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--merge needs at least two directories, got {len(args.merge)}")
     if args.seeds < 1:
         p.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.first_seed < 0:
+        p.error(f"--first-seed must be >= 0, got {args.first_seed}")
     return args
 
 
