@@ -218,7 +218,6 @@ def run(plan: Plan, slot: SessionSlot, progress_bar: bool = True,
     return Result(videos, shared, step_noise, session, blends, residuals, pulls, drift)
 
 
-
 def _back_project_backend(config: ZeroSmoothConfig) -> str:
     """``back_project`` has no Triton kernel: ``auto``/``triton`` take the torch path."""
     return "reference" if config.backend == "reference" else "torch"

@@ -188,6 +188,11 @@ def generate(pipe, overrides: dict, stages: int, image: Image.Image, args, seed:
     return out.stages
 
 
+def _stages(scales: str) -> int:
+    """The stages of every configuration's one run for ``--scales`` (its largest factor, 2 at least)."""
+    return 1 + int(math.log2(max(max(int(s) for s in scales.split(",")), 2)))
+
+
 def _settings(overrides: dict):
     """The full configuration a row's overrides give: rows that differ only in how they spell the
     defaults (``{}`` and the same fields spelt out) share one run."""
@@ -225,7 +230,7 @@ def evaluate(args: argparse.Namespace) -> list[dict]:
     args.frames = args.frames or pipe.unet.config.num_frames
     args.size = args.size or pipe.unet.config.sample_size * pipe.vae_scale_factor
     world = WorldConfig(size=args.size)
-    stages = 1 + int(math.log2(max(max(scales), 2)))
+    stages = _stages(args.scales)
 
     per_seed: list[dict] = []
     videos_by_row: dict[tuple[int, str], list[torch.Tensor]] = {}
@@ -410,9 +415,9 @@ QUALITY = (("fd_stats", "FD-stats ↓"), ("fd_learned", "FD-learned ↓"), ("int
 
 def front_points(rows: list[dict]) -> list[dict]:
     """The rows that are points of a front family (:data:`FRONT`, plus ``direct``), each with its
-    ``family``. A row belongs to a family when its configuration is one
-    of the family's, however the row is named (``latent_ddnm`` is the point ``ddnm 1.0``); each
-    configuration is one point per scale."""
+    ``family``. A row belongs to a family when its configuration is one of the family's, however
+    the row is named (``latent_ddnm`` is the point ``ddnm 1.0``); each configuration is one point
+    per scale."""
     families = {**FRONT, "direct": {"direct": RUNS["direct"]}}
     family_of = {_settings(overrides): family for family, members in families.items()
                  for overrides in members.values()}
@@ -469,10 +474,6 @@ def _front(out: Path, rows: list[dict]) -> None:
 
 # What makes two evaluations' rows comparable: the same seeds, model, denoising and stage count.
 SAME_RUN_OPTIONS = ("model", "first_seed", "seeds", "steps", "size", "frames", "fps")
-
-
-def _stages(scales: str) -> int:
-    return 1 + int(math.log2(max(max(int(s) for s in scales.split(",")), 2)))
 
 
 def _read_rows(path: Path, numeric: tuple[str, ...]) -> list[dict]:
