@@ -1,5 +1,6 @@
 """Evaluation smoke test (untrained tiny pipeline, seconds) and the metrics' own properties."""
 
+import dataclasses
 import math
 import shlex
 
@@ -148,6 +149,21 @@ def test_merge_equals_one_run(tmp_path):
 def test_diagnostics_are_opt_in():
     default = evaluate.parse_args([]).methods.split(",")
     assert default == list(evaluate.METHODS) and not set(default) & set(evaluate.DIAGNOSTICS)
+
+
+def test_default_variants_change_one_knob():
+    """Every row's overrides make a valid config; each ``default …`` diagnostic is the default with
+    exactly one field changed, so its row measures that knob alone."""
+    default = evaluate._settings({})
+    variants = [name for name in evaluate.DIAGNOSTICS if name.startswith("default ")]
+    assert len(variants) == 5
+    for name, overrides in evaluate.RUNS.items():
+        if overrides is None:
+            continue
+        settings = evaluate._settings(overrides)
+        changed = [f.name for f in dataclasses.fields(settings) if getattr(settings, f.name) != getattr(default, f.name)]
+        if name in variants:
+            assert changed == list(overrides), name
 
 
 def test_bad_method(tmp_path):

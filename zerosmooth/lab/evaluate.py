@@ -27,8 +27,10 @@ Diagnostic rows (only when named in ``--methods``) take one piece away at a time
 ``no_positions``, ``full_window``, ``constant_strength``, ``color`` (on the paper's configuration),
 ``key_guidance`` (the default with SVD's guidance at key positions, SPEC §10), ``residual_only`` (the
 default without its final move of the key frames: how well the residual correction alone holds
-them) and ``ddnm_linear`` (latent DDNM with the default's linear spread, a fair baseline). ``--front`` adds sweeps of each
-method's strength/schedule (:data:`FRONT`) and plots key PSNR against the quality columns.
+them), ``ddnm_linear`` (latent DDNM with the default's linear spread, a fair baseline) and the default
+with one other knob changed (``default color``, ``default +temporal sites``, ``default no positions``,
+``default full window``, ``default overlap 10``). ``--front`` adds sweeps of each method's
+strength/schedule (:data:`FRONT`) and plots key PSNR against the quality columns.
 
 Columns (see :mod:`zerosmooth.lab.metrics`): key-frame PSNR/SSIM against the base video; ``interp
 err`` (px) of in-between frames from the straight motion between their key frames and ``accel``
@@ -94,6 +96,12 @@ DIAGNOSTICS: dict[str, dict] = {
     "key_guidance": {"key_guidance": True},
     "residual_only": _residual(1.0, 1.0, spread="linear"),
     "ddnm_linear": {"method": "latent_ddnm", "ddnm_spread": "linear"},
+    # The default with one other knob changed: does anything but the residual correction matter?
+    "default color": {"color_correction": True},
+    "default +temporal sites": {"residual_sites": ("resnets", "temporal")},
+    "default no positions": {"interpolate_positions": False},
+    "default full window": {"temporal_windows": False},
+    "default overlap 10": {"overlap": 10},
 }
 
 # --front: each method family's knob swept; the family's points form its front.
