@@ -161,7 +161,8 @@ def test_default_variants_change_one_knob():
         if overrides is None:
             continue
         settings = evaluate._settings(overrides)
-        changed = [f.name for f in dataclasses.fields(settings) if getattr(settings, f.name) != getattr(default, f.name)]
+        changed = [f.name for f in dataclasses.fields(settings)
+                   if getattr(settings, f.name) != getattr(default, f.name)]
         if name in variants:
             assert changed == list(overrides), name
 
