@@ -72,6 +72,12 @@ def test_evaluate_end_to_end(tmp_path, capsys):
     for name in ("table.csv", "per_seed.csv", "table.md", "plot.png", "strips_2x.png", "strips_4x.png"):
         assert (tmp_path / name).is_file()
     assert "| 2× | zerosmooth |" in (tmp_path / "table.md").read_text()
+    recorded = {(r["seed"], r["scale"], r["method"]): r
+                for r in evaluate._read_rows(tmp_path / "per_seed.csv", evaluate.PER_CLIP)}
+    real = render_clip(HELD_OUT_SEED_BASE, 4 * 4, WorldConfig(size=32)).strided(2, 2 * 4).frames
+    expected = metrics.clip_features(real).tolist()
+    assert [recorded[(str(HELD_OUT_SEED_BASE), 2, "real")][n] for n in metrics.FEATURE_NAMES] == pytest.approx(expected)
+    assert all(not math.isnan(r[n]) for r in recorded.values() for n in metrics.FEATURE_NAMES)
     with Image.open(tmp_path / "strips_2x.png") as strips:  # one 2×-enlarged row per table row, real first
         assert strips.size == (110 + 2 * 8 * 32, 8 * (2 * (2 + 32) + 3))
 

@@ -40,9 +40,10 @@ clips at the same frame rate (a proxy, not FVD); ``FD-learned``, the same on a s
 trained on the world (:mod:`zerosmooth.lab.video_features`, an offline FVD analogue); ``latent key
 err``, the relative distance of the long video's key-frame latents from the base video's;
 ``PSNR alone``, the key-frame PSNR when the long video's key latents are decoded on their own
-(differs from key PSNR only with a decoder that mixes frames). Outputs in ``--out``: per-seed and
-aggregated CSV, a markdown table, a bar plot, per scale a sheet of the first seed's frames with one
-row per method (``strips_2x.png``…), and with ``--front`` ``front.csv`` and ``front.png``.
+(differs from key PSNR only with a decoder that mixes frames). Outputs in ``--out``: per-seed CSV
+(with every clip's 11 FD-stats statistics, :data:`PER_CLIP`) and aggregated CSV, a markdown table,
+a bar plot, per scale a sheet of the first seed's frames with one row per method
+(``strips_2x.png``…), and with ``--front`` ``front.csv`` and ``front.png``.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ import torch
 from PIL import Image
 
 from zerosmooth.config import PAPER
-from zerosmooth.lab.metrics import clip_features, estimate_positions, frechet_distance, psnr, ssim, trajectory_metrics
+from zerosmooth.lab.metrics import (FEATURE_NAMES, clip_features, estimate_positions, frechet_distance, psnr, ssim,
+                                    trajectory_metrics)
 from zerosmooth.lab.world import HELD_OUT_SEED_BASE, RENDER_FPS, WorldConfig, render_clip
 
 # Row name -> ZeroSmoothConfig overrides (None: computed from the base video, no model run).
@@ -142,6 +144,9 @@ COLUMNS = ("psnr_key", "ssim_key", "interp_err", "accel", "lost", "fd_stats", "f
 HEADERS = ("key PSNR ↑", "key SSIM ↑", "interp err px ↓", "accel px/f² ↓", "lost ↓", "FD-stats ↓",
            "FD-learned ↓", "latent key err ↓", "PSNR alone ↑")
 PER_SEED = ("psnr_key", "ssim_key", "interp_err", "accel", "lost", "latent_key_err", "psnr_alone")
+PER_CLIP = (*PER_SEED, *FEATURE_NAMES)
+"""per_seed.csv's columns: the per-seed metrics, then each clip's FD-stats statistics, which show
+what a row's FD-stats is made of (empty in files written before they were recorded)."""
 
 
 def repeat_frames(base: torch.Tensor, factor: int) -> torch.Tensor:
@@ -284,6 +289,7 @@ def evaluate(args: argparse.Namespace) -> list[dict]:
                     long = latents[name][int(math.log2(factor))]
                     row["latent_key_err"] = key_drift(long, base_latents, factor)
                     row["psnr_alone"] = psnr(decode(pipe, long[:, ::factor]), base)
+                row.update(zip(FEATURE_NAMES, clip_features(video).tolist()))
                 rows[(factor, name)] = row
                 videos_by_row.setdefault((factor, name), []).append(video)
                 if k == args.first_seed:
@@ -341,7 +347,7 @@ def _write(out: Path, per_seed, rows, heading: str, front: bool) -> None:
     the front's files."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "per_seed.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["seed", "scale", "method", *PER_SEED], restval="")
+        writer = csv.DictWriter(f, fieldnames=["seed", "scale", "method", *PER_CLIP], restval="")
         writer.writeheader()
         writer.writerows(per_seed)
     with open(out / "table.csv", "w", newline="") as f:
@@ -490,7 +496,8 @@ def _read_rows(path: Path, numeric: tuple[str, ...]) -> list[dict]:
     for row in rows:
         row["scale"] = int(row["scale"])
         for column in numeric:
-            row[column] = float(row[column]) if row.get(column) else math.nan
+            if column in row:  # a column the file predates stays absent
+                row[column] = float(row[column]) if row[column] else math.nan
     return rows
 
 
@@ -516,7 +523,7 @@ def merge(sources: list[Path], out: Path) -> list[dict]:
         command = heading.removeprefix("Command: `").removesuffix("`")
         commands.append((source, command, parse_args(shlex.split(command)[2:])))
         tables.append(_read_rows(source / "table.csv", COLUMNS))
-        per_seed.extend(_read_rows(source / "per_seed.csv", PER_SEED))
+        per_seed.extend(_read_rows(source / "per_seed.csv", PER_CLIP))
     first_source, _, first = commands[0]
     for source, _, args in commands[1:]:
         for option in SAME_RUN_OPTIONS:
