@@ -314,7 +314,7 @@ def _aggregate(per_seed, videos_by_row, scales, names) -> list[dict]:
     rows = []
     for factor in scales:
         real = videos_by_row[(factor, "real")]
-        real_stats = torch.stack([clip_features(v) for v in real])
+        real_stats = _clip_statistics([r for r in per_seed if r["scale"] == factor and r["method"] == "real"])
         for name in names:
             if (factor, name) not in videos_by_row:
                 continue
@@ -325,12 +325,16 @@ def _aggregate(per_seed, videos_by_row, scales, names) -> list[dict]:
                 row[column] = float(np.mean(values)) if values else math.nan
             videos = videos_by_row[(factor, name)]
             enough = len(videos) >= 2
-            stats = torch.stack([clip_features(v) for v in videos])
-            row["fd_stats"] = frechet_distance(stats, real_stats) if enough else math.nan
+            row["fd_stats"] = frechet_distance(_clip_statistics(selected), real_stats) if enough else math.nan
             long_enough = enough and videos[0].shape[0] >= MIN_FRAMES
             row["fd_learned"] = learned_fd(torch.stack(videos), torch.stack(real)) if long_enough else math.nan
             rows.append(row)
     return rows
+
+
+def _clip_statistics(rows: list[dict]) -> torch.Tensor:
+    """[len(rows), 11]: the FD-stats statistics (:func:`clip_features`) these per-seed rows recorded."""
+    return torch.tensor([[r[n] for n in FEATURE_NAMES] for r in rows], dtype=torch.float64)
 
 
 def markdown_table(rows: list[dict]) -> str:
