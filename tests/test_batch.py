@@ -72,6 +72,19 @@ def test_method_options_reach_the_config():
             config.key_frames, config.key_guidance, config.scale) == (0.6, 0.5, (0.0, 0.4), "keys", "free", True, 3)
     default = batch.make_job({}, None).config()
     assert default == batch.ZeroSmoothConfig()  # unset options keep the library's defaults
+    assert default.color_correction is True
+    assert batch.make_job({"color-correction": False}, None).config().color_correction is False
+
+
+@pytest.mark.parametrize("flags, expected", [([], None), (["--color-correction"], True),
+                                             (["--no-color-correction"], False)])
+def test_boolean_flags_turn_a_default_on_or_off(flags, expected):
+    """A default that is on (colour correction) can be switched off from the command line, and an
+    unset flag leaves the library's default."""
+    from zerosmooth.cli import _job_values, build_parser
+
+    values = _job_values(build_parser().parse_args(["generate", *flags]))
+    assert values.get("color-correction") is expected
 
 
 def test_summary_table():

@@ -91,6 +91,19 @@ def test_color_correction_matches_key_frame_statistics(text_to_video):
     torch.testing.assert_close(long.std(dim=(-2, -1)), keys.std(dim=(-2, -1)), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("method", ["direct", "latent_ddnm"])
+def test_baselines_ignore_color_correction(text_to_video, method):
+    """Colour correction is part of the method: on by default, it must not touch a baseline's
+    videos (bit-identical with it on and off), while it does change the method's."""
+    def run(**overrides):
+        out = ZeroSmooth(text_to_video, ZeroSmoothConfig(**overrides))(
+            generator=generator(0), progress_bar=False, **text_kwargs(num_inference_steps=2, output_type="latent"))
+        return out.stages[1]
+
+    assert torch.equal(run(method=method), run(method=method, color_correction=False))
+    assert not torch.allclose(run(), run(color_correction=False))
+
+
 def test_progress_reports_stages_times_steps_and_pil_output(text_to_video):
     seen = []
     out = ZeroSmooth(text_to_video, ZeroSmoothConfig(stages=1))(

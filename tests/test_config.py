@@ -12,10 +12,10 @@ def test_defaults_follow_the_spec():
     assert (config.scale, config.stages, config.strength, config.kv_left_probability) == (2, 2, 0.8, 0.5)
     assert config.window is None and config.overlap is None
     assert config.strength_schedule == "timestep" and config.weighting == "pyramid"
-    assert config.color_correction is False and config.method == "zerosmooth"
+    assert config.color_correction is True and config.method == "zerosmooth"
     assert (config.residual_strength, config.residual_spread, config.key_frames) == (1.0, "linear", "exact")
     paper = ZeroSmoothConfig.paper(scale=3)
-    assert (paper.residual_strength, paper.key_frames, paper.scale) == (0.0, "free", 3)
+    assert (paper.residual_strength, paper.key_frames, paper.color_correction, paper.scale) == (0.0, "free", False, 3)
     assert config.temporal_windows_for(16) == (16, 8)
     assert config.temporal_windows_for(14) == (14, 7)
     assert config.frame_counts(14) == [14, 28]

@@ -157,20 +157,24 @@ def test_diagnostics_are_opt_in():
     assert default == list(evaluate.METHODS) and not set(default) & set(evaluate.DIAGNOSTICS)
 
 
+def _changed_fields(settings, reference) -> list[str]:
+    return [f.name for f in dataclasses.fields(settings) if getattr(settings, f.name) != getattr(reference, f.name)]
+
+
 def test_default_variants_change_one_knob():
-    """Every row's overrides make a valid config; each ``default …`` diagnostic is the default with
-    exactly one field changed, so its row measures that knob alone."""
+    """Every row's overrides make a valid config; ``default no colour`` is the default with colour
+    correction off, and each ``no colour …`` diagnostic is that with exactly one more field changed,
+    so its row measures that knob alone."""
     for overrides in evaluate.RUNS.values():
         if overrides is not None:
             evaluate._settings(overrides)
-    default = evaluate._settings({})
-    variants = [name for name in evaluate.DIAGNOSTICS if name.startswith("default ")]
-    assert len(variants) == 5
+    no_colour = evaluate._settings(evaluate.DIAGNOSTICS["default no colour"])
+    assert _changed_fields(no_colour, evaluate._settings({})) == ["color_correction"]
+    variants = [name for name in evaluate.DIAGNOSTICS if name.startswith("no colour ")]
+    assert len(variants) == 4
     for name in variants:
-        settings = evaluate._settings(evaluate.DIAGNOSTICS[name])
-        changed = [f.name for f in dataclasses.fields(settings)
-                   if getattr(settings, f.name) != getattr(default, f.name)]
-        assert changed == list(evaluate.DIAGNOSTICS[name]), name
+        changed = _changed_fields(evaluate._settings(evaluate.DIAGNOSTICS[name]), no_colour)
+        assert changed == [key for key in evaluate.DIAGNOSTICS[name] if key != "color_correction"], name
 
 
 def test_bad_method(tmp_path):

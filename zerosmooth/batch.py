@@ -104,8 +104,10 @@ JOB_OPTIONS: tuple[Option, ...] = (
            choices=SPREADS),
     Option("key-frames", str, "exact (default): after the last step every long stage's key frames are set to the "
            "previous stage's, the change spread over the in-between frames; free: kept as denoised (the paper; with "
-           "--residual-strength 0)", choices=KEY_FRAMES),
+           "--residual-strength 0 --no-color-correction)", choices=KEY_FRAMES),
     Option("key-guidance", bool, "SVD: give long-branch frame f the guidance of base position f/n^(s-1)"),
+    Option("color-correction", bool, "AdaIN every long-branch frame to its key frame after each step (default: on; "
+           "--no-color-correction for the paper's method)"),
     Option("out", Path, "output stem, or a name ending in .mp4/.gif; writes STEM.mp4, STEM.gif, STEM_sheet.png and, "
            "with 2+ stages, STEM_compare.mp4/.gif; an existing folder (or a name ending in /) writes "
            "FOLDER/zerosmooth.* (default out/zerosmooth)"),
@@ -116,14 +118,15 @@ OPTIONS_BY_NAME = {option.name: option for option in JOB_OPTIONS}
 # ZeroSmoothConfig fields the job options set, and the option that sets each (for error messages).
 CONFIG_OPTIONS = {"scale": "scale", "stages": "stages", "seed": "seed", "method": "method", "strength": "strength",
                   "residual_strength": "residual-strength", "residual_window": "residual-until",
-                  "residual_spread": "residual-spread", "key_frames": "key-frames", "key_guidance": "key-guidance"}
+                  "residual_spread": "residual-spread", "key_frames": "key-frames", "key_guidance": "key-guidance",
+                  "color_correction": "color-correction"}
 
 
 def config_fields(values: dict) -> dict:
     """The ZeroSmoothConfig fields a job's option values (by attribute name) set; unset ones keep
     the library's defaults."""
     fields = {name: values[name] for name in ("scale", "stages", "seed", "method", "strength", "residual_strength",
-                                                "residual_spread", "key_frames", "key_guidance")
+                                                "residual_spread", "key_frames", "key_guidance", "color_correction")
               if values.get(name) is not None}
     if values.get("residual_until") is not None:
         fields["residual_window"] = (0.0, values["residual_until"])
@@ -344,6 +347,7 @@ class Job:
     residual_spread: Optional[str] = None
     key_frames: Optional[str] = None
     key_guidance: Optional[bool] = None
+    color_correction: Optional[bool] = None
     save_frames: bool = False
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (option, message with LABEL for it)
 

@@ -106,7 +106,8 @@ def _add_job_options(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) 
             continue
         target = source if option.name in ("image", "prompt") else parser
         if option.kind is bool:
-            target.add_argument(f"--{option.name}", action="store_true", default=None, help=option.help)
+            target.add_argument(f"--{option.name}", action=argparse.BooleanOptionalAction, default=None,
+                                help=option.help)
         else:
             kind = {int: int, float: float}.get(option.kind, str)
             target.add_argument(f"--{option.name}", type=kind, choices=option.choices or None, help=option.help)

@@ -1,4 +1,4 @@
-"""Colour-tone correction by AdaIN (SPEC §7, optional, off by default)."""
+"""Colour-tone correction by AdaIN (SPEC §7; optional in the paper, on by default here)."""
 
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ KEY_FRAMES = ("exact", "free")
 """What the long stages' key frames end as (``ZeroSmoothConfig.key_frames``)."""
 
 
-PAPER = {"residual_strength": 0.0, "key_frames": "free"}
+PAPER = {"residual_strength": 0.0, "key_frames": "free", "color_correction": False}
 """The fields that turn the library's default into the paper's method (:meth:`ZeroSmoothConfig.paper`)."""
 
 
@@ -128,7 +128,7 @@ class ZeroSmoothConfig:
             default, 1 at every step on the ResNet blocks with the linear spread, is the measured
             front's point that holds the key frames at no quality cost against direct inference
             (README, "The embedded model and the evaluation"); 0, with ``key_frames="free"``, gives
-            the paper's method (:meth:`paper`).
+            the paper's method (:meth:`paper`, which also turns ``color_correction`` off).
         residual_schedule, residual_window: its schedule, as for the blend.
         residual_sites: where it acts, a tuple of :data:`RESIDUAL_SITES`.
         residual_spread: how the correction reaches the in-between frames (:data:`SPREADS`):
@@ -153,6 +153,9 @@ class ZeroSmoothConfig:
             ``p`` else ``box_right``, drawn per call; SPEC §4), or always ``"sample"``,
             ``"box_left"`` or ``"box_right"``.
         color_correction: AdaIN every long-branch frame to its key frame after each step (SPEC §7).
+            On by default: on three sets of held-out seeds it lowered the learned-feature distance
+            at no measurable cost (README); the paper leaves it optional. The baselines
+            (``method`` other than ``"zerosmooth"``) never apply it.
         seed: seed of the generator drawing the spatial K/V operators.
         weighting: fusion of overlapping temporal windows, ``"pyramid"`` or ``"flat"``.
         correct_spatial, correct_temporal, correct_cross: apply the attention correction to spatial
@@ -188,7 +191,7 @@ class ZeroSmoothConfig:
     key_guidance: bool = False
     kv_left_probability: float = 0.5
     kv_operator: str = "random_box"
-    color_correction: bool = False
+    color_correction: bool = True
     seed: int = 0
     weighting: str = "pyramid"
     correct_spatial: bool = True

@@ -196,7 +196,7 @@ def run(plan: Plan, slot: SessionSlot, progress_bar: bool = True,
                 shared_step_noise = draw_step_noise()
                 for stage in stages:
                     latents = _step(plan, session, stage, k, t, blends, residuals, shared_step_noise).prev_sample
-                    if config.color_correction and stage.index >= 2:
+                    if corrects and config.color_correction and stage.index >= 2:
                         previous = stages[stage.index - 2].latents
                         latents = color.adain_to_key_frames(latents, previous, config.scale, adapter.latent_frame_dim)
                     stage.latents = latents

@@ -26,10 +26,11 @@ by its noise draw), so all rows of a seed share one base video. Rows:
 Diagnostic rows (only when named in ``--methods``) take one piece away at a time: ``no_correction``,
 ``no_positions``, ``full_window``, ``constant_strength``, ``color`` (on the paper's configuration),
 ``key_guidance`` (the default with SVD's guidance at key positions, SPEC §10), ``residual_only`` (the
-default without its final move of the key frames: how well the residual correction alone holds
-them), ``ddnm_linear`` (latent DDNM with the default's linear spread, a fair baseline) and the default
-with one other knob changed (``default color``, ``default +temporal sites``, ``default no positions``,
-``default full window``, ``default overlap 10``). ``--front`` adds sweeps of each method's
+residual correction alone, with neither the default's final move of the key frames nor its colour
+correction: how well it holds them), ``ddnm_linear`` (latent DDNM with the default's linear spread, a
+fair baseline), ``default no colour`` (the default without colour correction, the default before it
+was measured) and that with one other knob changed (``no colour +temporal sites``, ``no colour no
+positions``, ``no colour full window``, ``no colour overlap 10``). ``--front`` adds sweeps of each method's
 strength/schedule (:data:`FRONT`) and plots key PSNR against the quality columns.
 
 Columns (see :mod:`zerosmooth.lab.metrics`): key-frame PSNR/SSIM against the base video; ``interp
@@ -83,9 +84,15 @@ METHODS: dict[str, dict | None] = {
 
 
 def _residual(strength: float, stop: float, sites=("resnets",), spread: str = "keys") -> dict:
-    """The residual correction alone: key frames as denoised, no final move onto the base video."""
+    """The residual correction alone: key frames as denoised, no final move onto the base video, no
+    colour correction."""
     return {"residual_strength": strength, "residual_schedule": "constant", "residual_window": (0.0, stop),
-            "residual_sites": tuple(sites), "residual_spread": spread, "key_frames": "free"}
+            "residual_sites": tuple(sites), "residual_spread": spread, "key_frames": "free",
+            "color_correction": False}
+
+
+# The default before colour correction was switched on: the settings the screen below varied.
+NO_COLOUR = {"color_correction": False}
 
 
 # Diagnostic rows, run only when named in --methods: which part of ZeroSmooth does the work.
@@ -98,12 +105,13 @@ DIAGNOSTICS: dict[str, dict] = {
     "key_guidance": {"key_guidance": True},
     "residual_only": _residual(1.0, 1.0, spread="linear"),
     "ddnm_linear": {"method": "latent_ddnm", "ddnm_spread": "linear"},
-    # The default with one other knob changed: does anything but the residual correction matter?
-    "default color": {"color_correction": True},
-    "default +temporal sites": {"residual_sites": ("resnets", "temporal")},
-    "default no positions": {"interpolate_positions": False},
-    "default full window": {"temporal_windows": False},
-    "default overlap 10": {"overlap": 10},
+    "default no colour": NO_COLOUR,
+    # The default without colour correction and one other knob changed (the screen that chose colour
+    # correction): does anything but the residual correction matter?
+    "no colour +temporal sites": {**NO_COLOUR, "residual_sites": ("resnets", "temporal")},
+    "no colour no positions": {**NO_COLOUR, "interpolate_positions": False},
+    "no colour full window": {**NO_COLOUR, "temporal_windows": False},
+    "no colour overlap 10": {**NO_COLOUR, "overlap": 10},
 }
 
 # --front: each method family's knob swept; the family's points form its front.
