@@ -145,7 +145,7 @@ def test_cross_attention_correction_equals_two_full_passes(axis, record, conditi
         condition = torch.randn(batch * tokens, condition_tokens, 8)
     key_queries = torch.randn(batch, key_frames, tokens, channels)
     session = Session(ZeroSmoothConfig(), window=frames_, stride=frames_, kv_generator=torch.Generator())
-    session.cache.put(1, "cross", key_queries)
+    session.cache.put(_at(stage=1), "cross", key_queries)
     session.step = StageStep(stage=2, num_frames=frames_, unet_batch=batch, corrected=True, record=record, blend=0.7)
     slot.session = session
     with torch.no_grad():
@@ -168,7 +168,7 @@ def test_cross_attention_correction_equals_two_full_passes(axis, record, conditi
         expected = module.to_out[0](plain + 0.7 * (corrected - plain))
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
     if record:
-        assert torch.equal(session.cache.take(2, "cross"), query_hat)
+        assert torch.equal(session.cache.take(_at(stage=3), "cross"), query_hat)
     assert len(session.cache) == 0
 
 
@@ -238,7 +238,7 @@ def test_recorded_self_attention_states_are_the_module_projections(axis, wrapped
     else:
         projections = projections.unflatten(0, (batch, tokens)).transpose(1, 2)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(session.cache.take(1, "self"), projections, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(session.cache.take(_at(stage=2), "self"), projections, rtol=1e-5, atol=1e-6)
 
 
 def _draws(count: int, **config) -> list[str]:
@@ -274,18 +274,38 @@ def test_plain_attention_goes_through_the_diffusers_dispatcher(monkeypatch):
     assert set(backends) == {None}  # no backend set on these processors: the dispatcher's active one
 
 
+def _at(stage: int, step: int = 0) -> StageStep:
+    """A UNet call of ``stage`` at denoising step ``step`` (what the cache keys on)."""
+    return StageStep(stage=stage, num_frames=1, unet_batch=1, step_index=step)
+
+
 def test_key_state_cache_accounting():
     cache = KeyStateCache()
-    cache.put(1, "a", torch.zeros(4, dtype=torch.float32))
-    cache.put(1, "b", torch.zeros(8, dtype=torch.float32))
+    cache.put(_at(1), "a", torch.zeros(4, dtype=torch.float32))
+    cache.put(_at(1), "b", torch.zeros(8, dtype=torch.float32))
     assert (cache.current_bytes, cache.peak_bytes, len(cache)) == (48, 48, 2)
-    cache.take(1, "a")
-    cache.put(2, "a", torch.zeros(2, dtype=torch.float32))
+    cache.take(_at(2), "a")
+    cache.put(_at(2), "a", torch.zeros(2, dtype=torch.float32))
     assert (cache.current_bytes, cache.peak_bytes, cache.recorded_bytes) == (40, 48, 56)
+    assert (cache.held_by(1), cache.held_by(2), cache.held_by(3)) == (1, 1, 0)
     with pytest.raises(RuntimeError, match="recorded twice"):
-        cache.put(2, "a", torch.zeros(1))
-    with pytest.raises(RuntimeError, match="no key states of stage 3 for 'a'"):
-        cache.take(3, "a")
+        cache.put(_at(2), "a", torch.zeros(1))
+    with pytest.raises(RuntimeError, match="no key states of stage 3 for 'a' at step 0"):
+        cache.take(_at(4), "a")
+
+
+def test_key_state_cache_pairs_the_same_step():
+    """A stage reads what the previous stage recorded at the same denoising step, whichever order
+    the steps were recorded in (stages run one after another hold every step's states)."""
+    cache = KeyStateCache()
+    states = [torch.full((3,), float(step)) for step in range(3)]
+    for step, state in enumerate(states):
+        cache.put(_at(1, step), "a", state)
+    with pytest.raises(RuntimeError, match="no key states of stage 1 for 'a' at step 5"):
+        cache.take(_at(2, 5), "a")
+    for step in (2, 0, 1):
+        assert torch.equal(cache.take(_at(2, step), "a"), states[step])
+    assert len(cache) == 0 and cache.peak_bytes == 3 * states[0].untyped_storage().nbytes()
 
 
 def test_unsupported_pipeline_is_a_type_error_naming_the_supported_ones():

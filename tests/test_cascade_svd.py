@@ -68,6 +68,41 @@ def test_latent_ddnm_pins_key_frames_to_the_base_video(pipe):
     assert not torch.allclose(long[:, 1::2], base, atol=1e-3)
 
 
+@pytest.mark.parametrize("stages, kv_operator", [(2, "random_box"), (3, "sample")])
+def test_method_plus_ddnm_without_pull_is_the_method(pipe, stages, kv_operator):
+    """``zerosmooth+ddnm`` runs its stages one after another; with no pull every stage reads the
+    same states at the same step as in lockstep, so it is the default bit for bit, colour correction
+    included. (Three stages use a fixed K/V operator: random ones are drawn in call order, which
+    the two schedules interleave differently.) It holds a whole stage's states, not one step's."""
+    def run(**overrides):
+        config = ZeroSmoothConfig(stages=stages, kv_operator=kv_operator, **overrides)
+        return ZeroSmooth(pipe, config)(generator=generator(0), progress_bar=False,
+                                        **svd_kwargs(output_type="latent", num_inference_steps=3))
+
+    lockstep, sequential = run(), run(method="zerosmooth+ddnm", ddnm_strength=0.0)
+    for mine, theirs in zip(sequential.stages, lockstep.stages):
+        assert torch.equal(mine, theirs)
+    assert sequential.key_state_offload_bytes == lockstep.key_state_offload_bytes
+    if stages == 2:  # stage 1 records the same every step: all 3 steps at once against one
+        assert sequential.key_state_peak_bytes == 3 * lockstep.key_state_peak_bytes
+    else:
+        assert sequential.key_state_peak_bytes > 2 * lockstep.key_state_peak_bytes
+
+
+def test_method_plus_ddnm_pulls_towards_the_finished_previous_stage(pipe):
+    """With the pull and neither the final move nor colour correction, Euler's last step lands the
+    key frames on the base video's latents, as latent DDNM's; without the pull they are only held
+    by the residual correction."""
+    def run(**overrides):
+        config = ZeroSmoothConfig(key_frames="free", color_correction=False, **overrides)
+        return ZeroSmooth(pipe, config)(generator=generator(0), progress_bar=False, **svd_kwargs(output_type="latent"))
+
+    base, long = run(method="zerosmooth+ddnm").stages
+    torch.testing.assert_close(long[:, ::2], base, rtol=1e-5, atol=1e-5)
+    base, long = run().stages
+    assert not torch.allclose(long[:, ::2], base, rtol=1e-5, atol=1e-5)
+
+
 def _hooked(pipe) -> list[str]:
     return [name for name, module in pipe.unet.named_modules() if hooks.installed(module)]
 

@@ -32,7 +32,8 @@ class ZeroSmoothOutput:
             all (the paper's approach) would hold.
         blend_per_step: the attention blend ``w`` at every step.
         residual_per_step: the residual-stream correction's strength at every step.
-        ddnm_per_step: the latent-DDNM pull at every step (used by ``method="latent_ddnm"``).
+        ddnm_per_step: the latent-DDNM pull at every step (used by ``method="latent_ddnm"`` and
+            ``"zerosmooth+ddnm"``).
         key_drift: per long stage (2, 3, …), the relative distance ``‖A x_s − x_{s−1}‖ / ‖x_{s−1}‖``
             of its key-frame latents from the previous stage's after the last step, before
             ``key_frames="exact"`` makes it 0: how well the run held the key frames by itself.

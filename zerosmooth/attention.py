@@ -148,7 +148,7 @@ class AttentionHook(ZeroSmoothHook):
 
     def _record(self, session: Session, step: StageStep, tensor: torch.Tensor) -> None:
         if step.record:
-            session.cache.put(step.stage, self.name, tensor)
+            session.cache.put(step, self.name, tensor)
 
     # --- the two paths ----------------------------------------------------------------------
 
@@ -218,7 +218,7 @@ class AttentionHook(ZeroSmoothHook):
         Returns the blended attention output ``[N, S, C]`` in the module layout, before ``to_out``.
         """
         config = session.config
-        key_states = session.cache.take(step.stage - 1, self.name)
+        key_states = session.cache.take(step, self.name)
         if encoder_hidden_states is not None:
             return self._corrected_cross(module, session, step, hidden_states, encoder_hidden_states, key_states)
 

@@ -92,8 +92,9 @@ JOB_OPTIONS: tuple[Option, ...] = (
     Option("height", int, "frame height in pixels (default: the model's, unet sample_size x VAE factor)", minimum=1),
     Option("width", int, "frame width in pixels (default: the model's, unet sample_size x VAE factor)", minimum=1),
     Option("guidance", float, "guidance scale (SVD: the max of its per-frame guidance)", minimum=0),
-    Option("method", str, "zerosmooth (the method), direct (the base model run at every stage's frame count) or "
-           "latent_ddnm (baseline); default zerosmooth", choices=METHODS),
+    Option("method", str, "zerosmooth (the method), direct (the base model run at every stage's frame count), "
+           "latent_ddnm (baseline) or zerosmooth+ddnm (the method plus latent DDNM's pull, stages run one after "
+           "another); default zerosmooth", choices=METHODS),
     Option("strength", float, "maximum w of the paper's attention blend o + w(ô − o) (default 0.8)"),
     Option("residual-strength", float, "strength of the residual-stream correction, which pins the long branch's "
            "key-frame rows at the model's ResNet outputs (0 switches it off; default: the library's)"),

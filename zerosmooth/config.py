@@ -17,7 +17,7 @@ from typing import Optional
 
 SCHEDULES = ("timestep", "progress", "constant", "cosine")
 KV_OPERATORS = ("random_box", "sample", "box_left", "box_right")
-METHODS = ("zerosmooth", "direct", "latent_ddnm")
+METHODS = ("zerosmooth", "direct", "latent_ddnm", "zerosmooth+ddnm")
 WEIGHTINGS = ("pyramid", "flat")
 BACKENDS = ("auto", "torch", "triton", "reference")
 RESIDUAL_SITES = ("resnets", "temporal")
@@ -135,10 +135,13 @@ class ZeroSmoothConfig:
             ``"keys"`` moves the key-frame rows only; ``"linear"`` also moves every in-between frame
             by the linear interpolation of its two key frames' corrections (SPEC §10), so the key
             frames are corrected exactly as before and their neighbours move with them.
-        ddnm_strength, ddnm_schedule, ddnm_window: the latent-DDNM baseline's pull towards the base
-            video's latents (1, constant, every step: the full back-projection of SPEC §8).
-        ddnm_spread: how its key-frame correction reaches the other frames, as ``residual_spread``
-            (``"keys"``: the plain back-projection of SPEC §8).
+        ddnm_strength, ddnm_schedule, ddnm_window: the latent-DDNM pull towards the finished
+            previous stage's latents (1, constant, every step: the full back-projection of SPEC §8),
+            of the ``"latent_ddnm"`` baseline and of ``"zerosmooth+ddnm"``.
+        ddnm_spread: how the baseline's key-frame correction reaches the other frames, as
+            ``residual_spread`` (``"keys"``: the plain back-projection of SPEC §8);
+            ``"zerosmooth+ddnm"`` spreads its pull as the method spreads every correction, by
+            ``residual_spread``.
         key_frames: ``"exact"``: after the last denoising step each long stage's latents move by
             ``P (x_{s−1} − A x_s)`` (``P`` per ``residual_spread``), so its key frames are the
             previous stage's latents exactly and, with ``"linear"``, its in-between frames move with
@@ -167,7 +170,10 @@ class ZeroSmoothConfig:
         method: ``"zerosmooth"`` (the method), ``"direct"`` (the base model run at every stage's
             frame count with no correction, windows or interpolation) or ``"latent_ddnm"``
             (after every step, back-project the predicted clean latent onto the finished previous
-            stage's latents with ``sample``; stages run one after another).
+            stage's latents with ``sample``; stages run one after another), or
+            ``"zerosmooth+ddnm"``: the method with that pull added (SPEC §10; stages run one after
+            another, so the previous stage's states of every step are held, as the paper offloads
+            them, instead of one step's).
         backend: ``zs_kernels`` backend, ``"auto" | "torch" | "triton" | "reference"``.
     """
 
@@ -239,7 +245,19 @@ class ZeroSmoothConfig:
     @property
     def corrects(self) -> bool:
         """Whether the long branches are corrected at all (the method, not a baseline)."""
-        return self.method == "zerosmooth"
+        return self.method in ("zerosmooth", "zerosmooth+ddnm")
+
+    @property
+    def sequential(self) -> bool:
+        """Whether the stages run one after another: a latent-DDNM pull needs the finished previous
+        stage, where the lockstep cascade runs every stage's step ``k`` together."""
+        return self.method in ("latent_ddnm", "zerosmooth+ddnm")
+
+    @property
+    def pull_spread(self) -> str:
+        """How the latent-DDNM pull reaches the in-between frames (``ddnm_spread`` for the baseline,
+        the method's ``residual_spread`` for ``"zerosmooth+ddnm"``)."""
+        return self.ddnm_spread if self.method == "latent_ddnm" else self.residual_spread
 
     def frame_counts(self, base_frames: int) -> list[int]:
         """Frames of every stage: ``[t0, n·t0, n²·t0, …]``."""

@@ -75,10 +75,10 @@ class ResidualHook(ZeroSmoothHook):
         hidden = output[0] if wrapped else output
         frames = hidden.unflatten(0, (step.unet_batch, step.num_frames))
         if step.corrected:
-            key = session.cache.take(step.stage - 1, CACHE_PREFIX + self.name)
+            key = session.cache.take(step, CACHE_PREFIX + self.name)
             config = session.config
             frames = correct_key_frames(frames, key, config.scale, step.residual, config.residual_spread)
             hidden = frames.flatten(0, 1)
         if step.record:
-            session.cache.put(step.stage, CACHE_PREFIX + self.name, frames)
+            session.cache.put(step, CACHE_PREFIX + self.name, frames)
         return (hidden, *output[1:]) if wrapped else hidden

@@ -5,8 +5,9 @@ encodes the conditions, draws the shared noise and denoises. Every denoising ste
 …, S in order, each with its own scheduler; stage ``s ≥ 2`` reads the states stage ``s - 1``
 recorded at the same step, and they are dropped as soon as they are read, so only one step's
 states are ever alive (the paper offloads every step's states to the CPU instead).
-``method="latent_ddnm"`` is the exception: it needs the finished previous stage, so its stages run
-one after another. With ``key_frames="exact"`` the long stages' final latents are moved, in stage
+``method="latent_ddnm"`` and ``"zerosmooth+ddnm"`` are the exception: their pull needs the finished
+previous stage, so their stages run one after another (and the latter holds the previous stage's
+states of every step). With ``key_frames="exact"`` the long stages' final latents are moved, in stage
 order, so that their key frames are the previous stage's (SPEC §10).
 """
 
@@ -89,7 +90,7 @@ def make_plan(adapter: Adapter, config: ZeroSmoothConfig, kwargs: dict) -> Plan:
             )
         if not call.latents.is_floating_point():
             raise ValueError(f"latents must be a floating-point tensor, got dtype {call.latents.dtype}")
-    if config.method == "latent_ddnm" and config.stages > 1:
+    if config.sequential and config.stages > 1:
         baselines.clean_latent_coefficient_supported(adapter.pipe.scheduler)
     return Plan(config, adapter, call, frame_counts, window, stride, longest_shape)
 
@@ -177,20 +178,30 @@ def run(plan: Plan, slot: SessionSlot, progress_bar: bool = True,
     ticker = _Progress(len(stages) * count, progress_bar, progress)
     slot.session = session
     try:
-        if config.method == "latent_ddnm":
+        if config.sequential:
             noises = [draw_step_noise() for _ in timesteps]
+            previous_steps: list[torch.Tensor] = []  # the previous stage's latents after each step
             for stage in stages:
+                latents_per_step = []
                 for k, t in enumerate(timesteps):
                     output = _step(plan, session, stage, k, t, blends, residuals, noises[k])
+                    latents = output.prev_sample
                     if stage.index >= 2:
                         reference = stages[stage.index - 2].latents
-                        stage.latents = baselines.ddnm_step(
+                        latents = baselines.ddnm_step(
                             output, stage.scheduler, t, reference, config.scale, adapter.latent_frame_dim,
-                            strength=pulls[k], spread=config.ddnm_spread, backend=_back_project_backend(config),
+                            strength=pulls[k], spread=config.pull_spread, backend=_back_project_backend(config),
                         )
-                    else:
-                        stage.latents = output.prev_sample
+                        if corrects and config.color_correction:
+                            latents = color.adain_to_key_frames(latents, previous_steps[k], config.scale,
+                                                                adapter.latent_frame_dim)
+                    stage.latents = latents
+                    latents_per_step.append(latents)
                     ticker.advance()
+                previous_steps = latents_per_step
+                if session.cache.held_by(stage.index - 1):
+                    raise RuntimeError(f"{session.cache.held_by(stage.index - 1)} key states of stage "
+                                       f"{stage.index - 1} were recorded but never read")
         else:
             for k, t in enumerate(timesteps):
                 shared_step_noise = draw_step_noise()

@@ -19,15 +19,17 @@ from .config import ZeroSmoothConfig
 
 
 class KeyStateCache:
-    """States recorded by stage ``s`` for stage ``s + 1`` at the current denoising step.
+    """States recorded by stage ``s`` for stage ``s + 1``, keyed by ``(stage, step, site name)``.
 
-    Entries are keyed by ``(stage, site name)`` and removed when read, so in the lockstep cascade
-    only one step's states are alive. ``peak_bytes`` is the most ever held at once;
-    ``recorded_bytes`` the total ever stored (what offloading every step's states would hold).
+    Stage ``s + 1`` at step ``k`` takes what stage ``s`` recorded at step ``k``; an entry is removed
+    when read. In the lockstep cascade only one step's states are ever alive; a cascade whose
+    stages run one after another (``method="zerosmooth+ddnm"``) holds a whole stage's. ``peak_bytes``
+    is the most ever held at once; ``recorded_bytes`` the total ever stored (what offloading every
+    step's states would hold).
     """
 
     def __init__(self):
-        self._entries: dict[tuple[int, str], torch.Tensor] = {}
+        self._entries: dict[tuple[int, int, str], torch.Tensor] = {}
         self.current_bytes = 0
         self.peak_bytes = 0
         self.recorded_bytes = 0
@@ -36,25 +38,34 @@ class KeyStateCache:
     def _nbytes(tensor: torch.Tensor) -> int:
         return tensor.untyped_storage().nbytes()
 
-    def put(self, stage: int, name: str, tensor: torch.Tensor) -> None:
-        key = (stage, name)
+    def put(self, step: "StageStep", name: str, tensor: torch.Tensor) -> None:
+        """Record ``tensor`` as stage ``step.stage``'s state at ``name`` and step ``step.step_index``."""
+        key = (step.stage, step.step_index, name)
         if key in self._entries:
-            raise RuntimeError(f"key states of stage {stage} for {name!r} recorded twice in one step")
+            raise RuntimeError(f"key states of stage {step.stage} for {name!r} recorded twice at step "
+                               f"{step.step_index}")
         self._entries[key] = tensor
         size = self._nbytes(tensor)
         self.current_bytes += size
         self.recorded_bytes += size
         self.peak_bytes = max(self.peak_bytes, self.current_bytes)
 
-    def take(self, stage: int, name: str) -> torch.Tensor:
+    def take(self, step: "StageStep", name: str) -> torch.Tensor:
+        """Remove and return what the stage before ``step.stage`` recorded at ``name`` at the same step."""
+        key = (step.stage - 1, step.step_index, name)
         try:
-            tensor = self._entries.pop((stage, name))
+            tensor = self._entries.pop(key)
         except KeyError:
             raise RuntimeError(
-                f"no key states of stage {stage} for {name!r}: the previous stage did not run it at this step"
+                f"no key states of stage {key[0]} for {name!r} at step {key[1]}: the previous stage did not run "
+                "it at this step"
             ) from None
         self.current_bytes -= self._nbytes(tensor)
         return tensor
+
+    def held_by(self, stage: int) -> int:
+        """How many entries stage ``stage`` recorded that were not read yet."""
+        return sum(key[0] == stage for key in self._entries)
 
     def __len__(self) -> int:
         return len(self._entries)

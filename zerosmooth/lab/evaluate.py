@@ -105,6 +105,9 @@ DIAGNOSTICS: dict[str, dict] = {
     "key_guidance": {"key_guidance": True},
     "residual_only": _residual(1.0, 1.0, spread="linear"),
     "ddnm_linear": {"method": "latent_ddnm", "ddnm_spread": "linear"},
+    # The default plus latent DDNM's pull towards the finished previous stage (stages in sequence).
+    "default +ddnm": {"method": "zerosmooth+ddnm"},
+    "default +ddnm early": {"method": "zerosmooth+ddnm", "ddnm_window": (0.0, 0.5)},
     "default no colour": NO_COLOUR,
     # The default without colour correction and one other knob changed (the screen that chose colour
     # correction): does anything but the residual correction matter?
