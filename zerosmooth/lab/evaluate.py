@@ -28,10 +28,12 @@ Diagnostic rows (only when named in ``--methods``) take one piece away at a time
 ``key_guidance`` (the default with SVD's guidance at key positions, SPEC §10), ``residual_only`` (the
 residual correction alone, with neither the default's final move of the key frames nor its colour
 correction: how well it holds them), ``ddnm_linear`` (latent DDNM with the default's linear spread, a
-fair baseline), ``default no colour`` (the default without colour correction, the default before it
-was measured) and that with one other knob changed (``no colour +temporal sites``, ``no colour no
-positions``, ``no colour full window``, ``no colour overlap 10``). ``--front`` adds sweeps of each method's
-strength/schedule (:data:`FRONT`) and plots key PSNR against the quality columns.
+fair baseline), ``default no colour`` (the
+default without colour correction, the default before it was measured) and that with one other knob
+changed (``no colour +temporal sites``, ``no colour no positions``, ``no colour full window``, ``no
+colour overlap 10``). ``--front`` adds sweeps of each method's strength/schedule (:data:`FRONT`; its
+family ``default +ddnm`` is ``method="zerosmooth+ddnm"``, the default plus latent DDNM's pull, at
+every step or over the first half) and plots key PSNR against the quality columns.
 
 Columns (see :mod:`zerosmooth.lab.metrics`): key-frame PSNR/SSIM against the base video; ``interp
 err`` (px) of in-between frames from the straight motion between their key frames and ``accel``
@@ -105,9 +107,6 @@ DIAGNOSTICS: dict[str, dict] = {
     "key_guidance": {"key_guidance": True},
     "residual_only": _residual(1.0, 1.0, spread="linear"),
     "ddnm_linear": {"method": "latent_ddnm", "ddnm_spread": "linear"},
-    # The default plus latent DDNM's pull towards the finished previous stage (stages in sequence).
-    "default +ddnm": {"method": "zerosmooth+ddnm"},
-    "default +ddnm early": {"method": "zerosmooth+ddnm", "ddnm_window": (0.0, 0.5)},
     "default no colour": NO_COLOUR,
     # The default without colour correction and one other knob changed (the screen that chose colour
     # correction): does anything but the residual correction matter?
@@ -146,6 +145,10 @@ FRONT: dict[str, dict[str, dict]] = {
     "default": {  # the library's default and its own knob; exact key frames either way
         "default residual 0.5": {"residual_strength": 0.5},
         "zerosmooth": {},
+    },
+    "default +ddnm": {  # the default plus latent DDNM's pull (stages in sequence), over all steps or the first half
+        "default +ddnm early": {"method": "zerosmooth+ddnm", "ddnm_window": (0.0, 0.5)},
+        "default +ddnm": {"method": "zerosmooth+ddnm"},
     },
 }
 FRONT_RUNS = {name: overrides for family in FRONT.values() for name, overrides in family.items()}
