@@ -126,9 +126,8 @@ CONFIG_OPTIONS = {"scale": "scale", "stages": "stages", "seed": "seed", "method"
 def config_fields(values: dict) -> dict:
     """The ZeroSmoothConfig fields a job's option values (by attribute name) set; unset ones keep
     the library's defaults."""
-    fields = {name: values[name] for name in ("scale", "stages", "seed", "method", "strength", "residual_strength",
-                                                "residual_spread", "key_frames", "key_guidance", "color_correction")
-              if values.get(name) is not None}
+    fields = {name: values[name] for name in CONFIG_OPTIONS
+              if name != "residual_window" and values.get(name) is not None}
     if values.get("residual_until") is not None:
         fields["residual_window"] = (0.0, values["residual_until"])
     return fields

@@ -248,6 +248,11 @@ class ZeroSmoothConfig:
         return self.method in ("zerosmooth", "zerosmooth+ddnm")
 
     @property
+    def colours(self) -> bool:
+        """Whether the long branches get colour correction: only the method's, never a baseline's."""
+        return self.corrects and self.color_correction
+
+    @property
     def sequential(self) -> bool:
         """Whether the stages run one after another: a latent-DDNM pull needs the finished previous
         stage, where the lockstep cascade runs every stage's step ``k`` together."""

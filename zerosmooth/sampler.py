@@ -180,7 +180,7 @@ def run(plan: Plan, slot: SessionSlot, progress_bar: bool = True,
     try:
         if config.sequential:
             noises = [draw_step_noise() for _ in timesteps]
-            previous_steps: list[torch.Tensor] = []  # the previous stage's latents after each step
+            previous_steps: list[torch.Tensor] = []  # the previous stage's latents after each step, for colour
             for stage in stages:
                 latents_per_step = []
                 for k, t in enumerate(timesteps):
@@ -192,11 +192,12 @@ def run(plan: Plan, slot: SessionSlot, progress_bar: bool = True,
                             output, stage.scheduler, t, reference, config.scale, adapter.latent_frame_dim,
                             strength=pulls[k], spread=config.pull_spread, backend=_back_project_backend(config),
                         )
-                        if corrects and config.color_correction:
+                        if config.colours:
                             latents = color.adain_to_key_frames(latents, previous_steps[k], config.scale,
                                                                 adapter.latent_frame_dim)
                     stage.latents = latents
-                    latents_per_step.append(latents)
+                    if config.colours:
+                        latents_per_step.append(latents)
                     ticker.advance()
                 previous_steps = latents_per_step
                 if session.cache.held_by(stage.index - 1):
@@ -207,7 +208,7 @@ def run(plan: Plan, slot: SessionSlot, progress_bar: bool = True,
                 shared_step_noise = draw_step_noise()
                 for stage in stages:
                     latents = _step(plan, session, stage, k, t, blends, residuals, shared_step_noise).prev_sample
-                    if corrects and config.color_correction and stage.index >= 2:
+                    if config.colours and stage.index >= 2:
                         previous = stages[stage.index - 2].latents
                         latents = color.adain_to_key_frames(latents, previous, config.scale, adapter.latent_frame_dim)
                     stage.latents = latents

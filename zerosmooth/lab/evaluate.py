@@ -25,15 +25,15 @@ by its noise draw), so all rows of a seed share one base video. Rows:
 
 Diagnostic rows (only when named in ``--methods``) take one piece away at a time: ``no_correction``,
 ``no_positions``, ``full_window``, ``constant_strength``, ``color`` (on the paper's configuration),
-``key_guidance`` (the default with SVD's guidance at key positions, SPEC §10), ``residual_only`` (the
-residual correction alone, with neither the default's final move of the key frames nor its colour
-correction: how well it holds them), ``ddnm_linear`` (latent DDNM with the default's linear spread, a
-fair baseline), ``default no colour`` (the
-default without colour correction, the default before it was measured) and that with one other knob
-changed (``no colour +temporal sites``, ``no colour no positions``, ``no colour full window``, ``no
-colour overlap 10``). ``--front`` adds sweeps of each method's strength/schedule (:data:`FRONT`; its
-family ``default +ddnm`` is ``method="zerosmooth+ddnm"``, the default plus latent DDNM's pull, at
-every step or over the first half) and plots key PSNR against the quality columns.
+``key_guidance`` (the default with SVD's guidance at key positions, SPEC §10), ``residual_only``
+(the residual correction alone, with neither the default's final move of the key frames nor its
+colour correction: how well it holds them), ``ddnm_linear`` (latent DDNM with the default's linear
+spread, a fair baseline), ``default no colour`` (the default without colour correction, the default
+before it was measured) and that with one other knob changed (``no colour +temporal sites``, ``no
+colour no positions``, ``no colour full window``, ``no colour overlap 10``). ``--front`` adds sweeps
+of each method's strength/schedule (:data:`FRONT`; its family ``default +ddnm`` is
+``method="zerosmooth+ddnm"``, the default plus latent DDNM's pull, at every step or over the first
+half) and plots key PSNR against the quality columns.
 
 Columns (see :mod:`zerosmooth.lab.metrics`): key-frame PSNR/SSIM against the base video; ``interp
 err`` (px) of in-between frames from the straight motion between their key frames and ``accel``
