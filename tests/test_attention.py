@@ -292,6 +292,12 @@ def test_key_state_cache_accounting():
         cache.put(_at(2), "a", torch.zeros(1))
     with pytest.raises(RuntimeError, match="no key states of stage 3 for 'a' at step 0"):
         cache.take(_at(4), "a")
+    assert (cache.bytes_held_by(1), cache.bytes_held_by(2)) == (32, 8)
+    cache.discard(2)
+    assert (cache.current_bytes, cache.held_by(1), cache.held_by(2)) == (32, 1, 0)
+    cache.start_pass()  # a re-run stage 1 records again: counted once
+    cache.put(_at(1), "a", torch.zeros(4, dtype=torch.float32))
+    assert (cache.recorded_bytes, cache.peak_bytes) == (24, 48)
 
 
 def test_key_state_cache_pairs_the_same_step():

@@ -42,10 +42,13 @@ def test_key_branch_is_bit_identical_to_the_plain_pipeline(pipe, cascade):
     assert torch.equal(plain, cascade.stages[0])
 
 
-def test_key_state_cache_holds_one_step(cascade):
-    # Only stage 1 records, the same amount every step, and stage 2 reads it all at the same step.
-    assert cascade.key_state_peak_bytes > 0
-    assert cascade.key_state_offload_bytes == 2 * cascade.key_state_peak_bytes
+def test_key_state_cache_holds_a_stage_within_the_budget_else_one_step(pipe, cascade):
+    # Only stage 1 records, the same amount every step. The default holds both steps' states (well
+    # within its budget) for stage 2, run after it; the lockstep cascade holds one step's.
+    assert cascade.key_state_peak_bytes == cascade.key_state_offload_bytes > 0
+    lockstep = ZeroSmooth(pipe, ZeroSmoothConfig(method="zerosmooth"))(generator=generator(0), progress_bar=False,
+                                                                       **svd_kwargs())
+    assert lockstep.key_state_offload_bytes == 2 * lockstep.key_state_peak_bytes == cascade.key_state_offload_bytes
 
 
 def test_strength_zero_full_window_equals_direct_inference(pipe):
@@ -68,25 +71,64 @@ def test_latent_ddnm_pins_key_frames_to_the_base_video(pipe):
     assert not torch.allclose(long[:, 1::2], base, atol=1e-3)
 
 
+def _ddnm_run(pipe, **overrides):
+    config = ZeroSmoothConfig(**overrides)
+    return ZeroSmooth(pipe, config)(generator=generator(0), progress_bar=False,
+                                    **svd_kwargs(output_type="latent", num_inference_steps=3))
+
+
 @pytest.mark.parametrize("stages, kv_operator", [(2, "random_box"), (3, "sample")])
 def test_method_plus_ddnm_without_pull_is_the_method(pipe, stages, kv_operator):
-    """``zerosmooth+ddnm`` runs its stages one after another; with no pull every stage reads the
-    same states at the same step as in lockstep, so it is the default bit for bit, colour correction
-    included. (Three stages use a fixed K/V operator: random ones are drawn in call order, which
-    the two schedules interleave differently.) It holds a whole stage's states, not one step's."""
-    def run(**overrides):
-        config = ZeroSmoothConfig(stages=stages, kv_operator=kv_operator, **overrides)
-        return ZeroSmooth(pipe, config)(generator=generator(0), progress_bar=False,
-                                        **svd_kwargs(output_type="latent", num_inference_steps=3))
-
-    lockstep, sequential = run(), run(method="zerosmooth+ddnm", ddnm_strength=0.0)
-    for mine, theirs in zip(sequential.stages, lockstep.stages):
+    """With no pull and no budget, every stage of ``zerosmooth+ddnm``'s last pass reads the same
+    states at the same step as the lockstep cascade, so it is the lockstep method bit for bit,
+    colour correction included, at the same key-state peak. (Three stages use a fixed K/V operator:
+    the passes give every stage the random K/V draws it gets with the stages run one by one, which
+    the lockstep cascade interleaves.)"""
+    lockstep = _ddnm_run(pipe, stages=stages, kv_operator=kv_operator, method="zerosmooth")
+    passes = _ddnm_run(pipe, stages=stages, kv_operator=kv_operator, ddnm_strength=0.0, key_state_budget=0)
+    for mine, theirs in zip(passes.stages, lockstep.stages):
         assert torch.equal(mine, theirs)
-    assert sequential.key_state_offload_bytes == lockstep.key_state_offload_bytes
+    assert passes.key_state_peak_bytes == lockstep.key_state_peak_bytes
+    assert passes.key_state_offload_bytes == lockstep.key_state_offload_bytes
+
+
+@pytest.mark.parametrize("stages", [2, 3])
+def test_method_plus_ddnm_is_the_same_whatever_the_budget(pipe, stages):
+    """Holding a stage's states of every step (the default budget, ample here) and re-running the
+    earlier stages instead (budget 0) give the same videos bit for bit (random K/V draws, pull,
+    colour and the final move included); re-running keeps the lockstep cascade's key-state peak.
+    A budget that fits stage 1 but not stage 2 mixes the two, with the same result."""
+    lockstep = _ddnm_run(pipe, stages=stages, method="zerosmooth")
+    held = _ddnm_run(pipe, stages=stages)
+    passes = _ddnm_run(pipe, stages=stages, key_state_budget=0)
+    for mine, theirs in zip(passes.stages, held.stages):
+        assert torch.equal(mine, theirs)
+    assert not torch.allclose(passes.stages[-1], lockstep.stages[-1])
+    assert passes.key_state_peak_bytes == lockstep.key_state_peak_bytes
+    assert held.key_state_offload_bytes == passes.key_state_offload_bytes == lockstep.key_state_offload_bytes
+    assert held.key_state_peak_bytes <= held.key_state_offload_bytes
     if stages == 2:  # stage 1 records the same every step: all 3 steps at once against one
-        assert sequential.key_state_peak_bytes == 3 * lockstep.key_state_peak_bytes
+        assert held.key_state_peak_bytes == 3 * passes.key_state_peak_bytes
     else:
-        assert sequential.key_state_peak_bytes > 2 * lockstep.key_state_peak_bytes
+        assert held.key_state_peak_bytes > 2 * passes.key_state_peak_bytes
+        stage_1 = _ddnm_run(pipe, stages=2).key_state_offload_bytes  # stage 1's three steps, less than stage 2's
+        mixed = _ddnm_run(pipe, stages=stages, key_state_budget=stage_1)
+        for mine, theirs in zip(mixed.stages, held.stages):
+            assert torch.equal(mine, theirs)
+        assert passes.key_state_peak_bytes < mixed.key_state_peak_bytes < held.key_state_peak_bytes
+
+
+def test_progress_counts_the_stages_re_run(pipe):
+    """Holding every stage runs each stage once; re-running runs stage 1 in both passes."""
+    def seen(budget):
+        reports = []
+        ZeroSmooth(pipe, ZeroSmoothConfig(key_state_budget=budget))(
+            generator=generator(0), progress_bar=False, progress=lambda done, total: reports.append((done, total)),
+            **svd_kwargs(output_type="latent", num_inference_steps=2))
+        return reports
+
+    assert seen(2**30) == [(done, 4) for done in range(1, 5)]
+    assert seen(0) == [(1, 4), (2, 4), (3, 6), (4, 6), (5, 6), (6, 6)]
 
 
 def test_method_plus_ddnm_pulls_towards_the_finished_previous_stage(pipe):
@@ -97,9 +139,9 @@ def test_method_plus_ddnm_pulls_towards_the_finished_previous_stage(pipe):
         config = ZeroSmoothConfig(key_frames="free", color_correction=False, **overrides)
         return ZeroSmooth(pipe, config)(generator=generator(0), progress_bar=False, **svd_kwargs(output_type="latent"))
 
-    base, long = run(method="zerosmooth+ddnm").stages
-    torch.testing.assert_close(long[:, ::2], base, rtol=1e-5, atol=1e-5)
     base, long = run().stages
+    torch.testing.assert_close(long[:, ::2], base, rtol=1e-5, atol=1e-5)
+    base, long = run(method="zerosmooth").stages
     assert not torch.allclose(long[:, ::2], base, rtol=1e-5, atol=1e-5)
 
 

@@ -60,6 +60,20 @@ def test_text_to_video_ddim_eta1_shares_per_step_noise(text_to_video):
     assert torch.equal(plain, out.stages[0])
 
 
+def test_method_plus_ddnm_passes_share_per_step_noise(text_to_video):
+    """With DDIM's η = 1 every pass re-runs its stages with the step noise drawn once: re-running the
+    earlier stages (budget 0) equals holding their states."""
+    def run(**overrides):
+        config = ZeroSmoothConfig(stages=3, **overrides)
+        return ZeroSmooth(text_to_video, config)(generator=generator(0), progress_bar=False, eta=1.0,
+                                                 **text_kwargs(output_type="latent"))
+
+    passes, held = run(key_state_budget=0), run()
+    assert len(passes.step_noise) == 2
+    for mine, theirs in zip(passes.stages + passes.step_noise, held.stages + held.step_noise):
+        assert torch.equal(mine, theirs)
+
+
 def test_direct_baseline_is_the_plain_model_at_every_frame_count(text_to_video):
     out = ZeroSmooth(text_to_video, ZeroSmoothConfig(method="direct"))(
         generator=generator(4), progress_bar=False, **text_kwargs(num_inference_steps=1))

@@ -12,13 +12,23 @@ def test_defaults_follow_the_spec():
     assert (config.scale, config.stages, config.strength, config.kv_left_probability) == (2, 2, 0.8, 0.5)
     assert config.window is None and config.overlap is None
     assert config.strength_schedule == "timestep" and config.weighting == "pyramid"
-    assert config.color_correction is True and config.method == "zerosmooth"
+    assert config.color_correction is True and config.method == "zerosmooth+ddnm"
+    assert (config.ddnm_strength, config.ddnm_schedule, config.ddnm_window) == (1.0, "constant", (0.0, 1.0))
+    assert config.pulls and config.pull_spread == "linear" and config.key_state_budget == 2 * 2**30
     assert (config.residual_strength, config.residual_spread, config.key_frames) == (1.0, "linear", "exact")
     paper = ZeroSmoothConfig.paper(scale=3)
-    assert (paper.residual_strength, paper.key_frames, paper.color_correction, paper.scale) == (0.0, "free", False, 3)
+    assert (paper.method, paper.residual_strength, paper.key_frames, paper.color_correction, paper.scale) == (
+        "zerosmooth", 0.0, "free", False, 3)
+    assert not paper.pulls
     assert config.temporal_windows_for(16) == (16, 8)
     assert config.temporal_windows_for(14) == (14, 7)
     assert config.frame_counts(14) == [14, 28]
+
+
+@pytest.mark.parametrize("method, pulls", [("zerosmooth+ddnm", True), ("latent_ddnm", True),
+                                           ("zerosmooth", False), ("direct", False)])
+def test_pulls(method, pulls):
+    assert ZeroSmoothConfig(method=method).pulls is pulls
 
 
 def test_frozen():
@@ -59,6 +69,7 @@ def test_frame_counts_and_windows():
         ("ddnm_strength", 2, "[0, 1]"),
         ("ddnm_window", (0.5, 0.1), "0 <= start < stop <= 1"),
         ("key_guidance", "yes", "True or False"),
+        ("key_state_budget", -1, "integer >= 0"),
         ("kv_operator", "box", "'random_box', 'sample', 'box_left', 'box_right'"),
         ("method", "freenoise", "'zerosmooth', 'direct', 'latent_ddnm'"),
         ("weighting", "gauss", "'pyramid', 'flat'"),

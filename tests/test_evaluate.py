@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from zerosmooth.lab import evaluate, metrics
+from zerosmooth.lab.evaluate import NO_COLOUR
 from zerosmooth.lab.world import HELD_OUT_SEED_BASE, WorldConfig, render_clip
 
 
@@ -162,19 +163,21 @@ def _changed_fields(settings, reference) -> list[str]:
 
 
 def test_default_variants_change_one_knob():
-    """Every row's overrides make a valid config; ``default no colour`` is the default with colour
-    correction off, and each ``no colour …`` diagnostic is that with exactly one more field changed,
-    so its row measures that knob alone."""
+    """Every row's overrides make a valid config; ``lockstep`` is the default without the pull,
+    ``lockstep no colour`` that with colour correction off, and each ``no colour …`` diagnostic is
+    that with exactly one more field changed, so its row measures that knob alone."""
     for overrides in evaluate.RUNS.values():
         if overrides is not None:
             evaluate._settings(overrides)
-    no_colour = evaluate._settings(evaluate.DIAGNOSTICS["default no colour"])
-    assert _changed_fields(no_colour, evaluate._settings({})) == ["color_correction"]
+    lockstep = evaluate._settings(evaluate.RUNS["lockstep"])
+    assert _changed_fields(lockstep, evaluate._settings({})) == ["method"]
+    no_colour = evaluate._settings(evaluate.DIAGNOSTICS["lockstep no colour"])
+    assert _changed_fields(no_colour, lockstep) == ["color_correction"]
     variants = [name for name in evaluate.DIAGNOSTICS if name.startswith("no colour ")]
     assert len(variants) == 4
     for name in variants:
         changed = _changed_fields(evaluate._settings(evaluate.DIAGNOSTICS[name]), no_colour)
-        assert changed == [key for key in evaluate.DIAGNOSTICS[name] if key != "color_correction"], name
+        assert changed == [key for key in evaluate.DIAGNOSTICS[name] if key not in NO_COLOUR], name
 
 
 def test_bad_method(tmp_path):

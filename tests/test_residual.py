@@ -91,9 +91,11 @@ def _site_outputs(zerosmooth: ZeroSmooth, kwargs: dict) -> dict:
     return out, seen
 
 
-def test_strength_one_pins_every_site_and_leaves_the_key_branch_alone(pipe):
+@pytest.mark.parametrize("overrides", [{"method": "zerosmooth"}, {"key_state_budget": 0}])
+def test_strength_one_pins_every_site_and_leaves_the_key_branch_alone(pipe, overrides):
+    """In lockstep, and with the pull's passes re-running the earlier stages (no budget)."""
     config = ZeroSmoothConfig(residual_strength=1.0, residual_schedule="constant", residual_sites=("resnets", "temporal"),
-                              stages=3)
+                              stages=3, **overrides)
     zerosmooth = ZeroSmooth(pipe, config)
     out, seen = _site_outputs(zerosmooth, svd_kwargs(num_inference_steps=2, output_type="latent"))
     sites = {name for _, name in seen}

@@ -27,7 +27,8 @@ class ZeroSmoothOutput:
             step), or None when the sampler adds none.
         num_frames: frames of every stage.
         key_state_peak_bytes: most bytes the key-state cache held at once (attention projections
-            and residual-stream outputs of one step).
+            and residual-stream outputs: one step's in lockstep; with a pull, a whole stage's when
+            they fit ``ZeroSmoothConfig.key_state_budget``).
         key_state_offload_bytes: bytes of every step's key states together, what offloading them
             all (the paper's approach) would hold.
         blend_per_step: the attention blend ``w`` at every step.

@@ -92,9 +92,13 @@ JOB_OPTIONS: tuple[Option, ...] = (
     Option("height", int, "frame height in pixels (default: the model's, unet sample_size x VAE factor)", minimum=1),
     Option("width", int, "frame width in pixels (default: the model's, unet sample_size x VAE factor)", minimum=1),
     Option("guidance", float, "guidance scale (SVD: the max of its per-frame guidance)", minimum=0),
-    Option("method", str, "zerosmooth (the method), direct (the base model run at every stage's frame count), "
-           "latent_ddnm (baseline) or zerosmooth+ddnm (the method plus latent DDNM's pull, stages run one after "
-           "another); default zerosmooth", choices=METHODS),
+    Option("method", str, "zerosmooth+ddnm (default: the method plus latent DDNM's pull towards the finished "
+           "previous stage), zerosmooth (the method alone, stages in lockstep: one step's key states, never a "
+           "re-run), direct (the base model run at every stage's frame count) or latent_ddnm (baseline)",
+           choices=METHODS),
+    Option("key-state-budget-mib", int, "with a pull (zerosmooth+ddnm, latent_ddnm): MiB of key states a stage may "
+           "hold for every step so that the next stage need not re-run it (default 2048; 0 re-runs the earlier "
+           "stages: one step's states, more compute; the videos are the same either way)", minimum=0),
     Option("strength", float, "maximum w of the paper's attention blend o + w(ô − o) (default 0.8)"),
     Option("residual-strength", float, "strength of the residual-stream correction, which pins the long branch's "
            "key-frame rows at the model's ResNet outputs (0 switches it off; default: the library's)"),
@@ -105,7 +109,7 @@ JOB_OPTIONS: tuple[Option, ...] = (
            choices=SPREADS),
     Option("key-frames", str, "exact (default): after the last step every long stage's key frames are set to the "
            "previous stage's, the change spread over the in-between frames; free: kept as denoised (the paper; with "
-           "--residual-strength 0 --no-color-correction)", choices=KEY_FRAMES),
+           "--method zerosmooth --residual-strength 0 --no-color-correction)", choices=KEY_FRAMES),
     Option("key-guidance", bool, "SVD: give long-branch frame f the guidance of base position f/n^(s-1)"),
     Option("color-correction", bool, "AdaIN every long-branch frame to its key frame after each step (default: on; "
            "--no-color-correction for the paper's method)"),
@@ -120,16 +124,18 @@ OPTIONS_BY_NAME = {option.name: option for option in JOB_OPTIONS}
 CONFIG_OPTIONS = {"scale": "scale", "stages": "stages", "seed": "seed", "method": "method", "strength": "strength",
                   "residual_strength": "residual-strength", "residual_window": "residual-until",
                   "residual_spread": "residual-spread", "key_frames": "key-frames", "key_guidance": "key-guidance",
-                  "color_correction": "color-correction"}
+                  "color_correction": "color-correction", "key_state_budget": "key-state-budget-mib"}
 
 
 def config_fields(values: dict) -> dict:
     """The ZeroSmoothConfig fields a job's option values (by attribute name) set; unset ones keep
     the library's defaults."""
     fields = {name: values[name] for name in CONFIG_OPTIONS
-              if name != "residual_window" and values.get(name) is not None}
+              if name not in ("residual_window", "key_state_budget") and values.get(name) is not None}
     if values.get("residual_until") is not None:
         fields["residual_window"] = (0.0, values["residual_until"])
+    if values.get("key_state_budget_mib") is not None:
+        fields["key_state_budget"] = values["key_state_budget_mib"] * 2**20
     return fields
 
 # Settings of the whole run, given once on the command line: a jobs file naming one is told so.
@@ -340,7 +346,8 @@ class Job:
     height: Optional[int] = None
     width: Optional[int] = None
     guidance: Optional[float] = None
-    method: str = "zerosmooth"
+    method: str = ZeroSmoothConfig.method
+    key_state_budget_mib: Optional[int] = None
     strength: Optional[float] = None
     residual_strength: Optional[float] = None
     residual_until: Optional[float] = None

@@ -34,7 +34,7 @@ KEY_FRAMES = ("exact", "free")
 """What the long stages' key frames end as (``ZeroSmoothConfig.key_frames``)."""
 
 
-PAPER = {"residual_strength": 0.0, "key_frames": "free", "color_correction": False}
+PAPER = {"method": "zerosmooth", "residual_strength": 0.0, "key_frames": "free", "color_correction": False}
 """The fields that turn the library's default into the paper's method (:meth:`ZeroSmoothConfig.paper`)."""
 
 
@@ -128,7 +128,8 @@ class ZeroSmoothConfig:
             default, 1 at every step on the ResNet blocks with the linear spread, is the measured
             front's point that holds the key frames at no quality cost against direct inference
             (README, "The embedded model and the evaluation"); 0, with ``key_frames="free"``, gives
-            the paper's method (:meth:`paper`, which also turns ``color_correction`` off).
+            the paper's method (:meth:`paper`, which also turns ``color_correction`` and the pull
+            off).
         residual_schedule, residual_window: its schedule, as for the blend.
         residual_sites: where it acts, a tuple of :data:`RESIDUAL_SITES`.
         residual_spread: how the correction reaches the in-between frames (:data:`SPREADS`):
@@ -158,7 +159,7 @@ class ZeroSmoothConfig:
         color_correction: AdaIN every long-branch frame to its key frame after each step (SPEC §7).
             On by default: on three sets of held-out seeds it lowered the learned-feature distance
             at no measurable cost (README); the paper leaves it optional. The baselines
-            (``method`` other than ``"zerosmooth"``) never apply it.
+            (``"direct"``, ``"latent_ddnm"``) never apply it.
         seed: seed of the generator drawing the spatial K/V operators.
         weighting: fusion of overlapping temporal windows, ``"pyramid"`` or ``"flat"``.
         correct_spatial, correct_temporal, correct_cross: apply the attention correction to spatial
@@ -167,13 +168,23 @@ class ZeroSmoothConfig:
             (SPEC §5); ``False`` attends over all frames at once.
         interpolate_positions: give frame ``f`` of stage ``s`` the position ``f / n^(s-1)`` (SPEC §5);
             ``False`` keeps integer positions.
-        method: ``"zerosmooth"`` (the method), ``"direct"`` (the base model run at every stage's
-            frame count with no correction, windows or interpolation) or ``"latent_ddnm"``
-            (after every step, back-project the predicted clean latent onto the finished previous
-            stage's latents with ``sample``; stages run one after another), or
-            ``"zerosmooth+ddnm"``: the method with that pull added (SPEC §10; stages run one after
-            another, so the previous stage's states of every step are held, as the paper offloads
-            them, instead of one step's).
+        method: ``"zerosmooth+ddnm"`` (the default): the method with latent DDNM's pull towards
+            the finished previous stage added (SPEC §10; chosen on held-out seeds, README; see
+            ``key_state_budget`` for how its stages run); ``"zerosmooth"``: the method alone, its
+            stages in lockstep (the paper's order: one step's states, never a re-run);
+            ``"direct"``: the base model run at every stage's frame count with no correction,
+            windows or interpolation;
+            ``"latent_ddnm"``: after every step, back-project the predicted clean latent onto the
+            finished previous stage's latents with ``sample`` (the baseline; stages run one after
+            another).
+        key_state_budget: bytes of key states a cascade with a pull may hold for a whole stage
+            (default 2 GiB). A pull needs the *finished* previous stage, so stage ``p`` runs in a
+            pass after stage ``p − 1`` has finished; it reads stage ``p − 1``'s states of the same
+            step, which are held from stage ``p − 1``'s own pass when every step's fit in the
+            budget, else recomputed by re-running the earlier stages in lockstep with it (SPEC
+            §10). The output is the same bit for bit either way; the budget trades memory (at most
+            the budget plus one step's states) against compute (up to ``1 + 2 + … + S`` stage runs
+            instead of ``S``). 0 always re-runs: one step's states, as the lockstep cascade.
         backend: ``zs_kernels`` backend, ``"auto" | "torch" | "triton" | "reference"``.
     """
 
@@ -205,7 +216,8 @@ class ZeroSmoothConfig:
     correct_cross: bool = True
     temporal_windows: bool = True
     interpolate_positions: bool = True
-    method: str = "zerosmooth"
+    method: str = "zerosmooth+ddnm"
+    key_state_budget: int = 2 * 2**30
     backend: str = "auto"
 
     def __post_init__(self):
@@ -229,6 +241,7 @@ class ZeroSmoothConfig:
         _fraction("kv_left_probability", self.kv_left_probability)
         _choice("kv_operator", self.kv_operator, KV_OPERATORS)
         _integer("seed", self.seed, 0)
+        _integer("key_state_budget", self.key_state_budget, 0)
         _choice("weighting", self.weighting, WEIGHTINGS)
         for name in ("key_guidance", "color_correction", "correct_spatial", "correct_temporal", "correct_cross",
                      "temporal_windows", "interpolate_positions"):
@@ -238,8 +251,8 @@ class ZeroSmoothConfig:
 
     @classmethod
     def paper(cls, **overrides) -> "ZeroSmoothConfig":
-        """The paper's method (SPEC §1–§7): attention correction only, key frames as denoised;
-        ``overrides`` set any other field."""
+        """The paper's method (SPEC §1–§7): attention correction only, stages in lockstep, key frames
+        as denoised; ``overrides`` set any other field."""
         return cls(**{**PAPER, **overrides})
 
     @property
@@ -253,9 +266,10 @@ class ZeroSmoothConfig:
         return self.corrects and self.color_correction
 
     @property
-    def sequential(self) -> bool:
-        """Whether the stages run one after another: a latent-DDNM pull needs the finished previous
-        stage, where the lockstep cascade runs every stage's step ``k`` together."""
+    def pulls(self) -> bool:
+        """Whether a long stage is pulled towards the finished previous stage (latent DDNM's pull):
+        then stage ``p`` runs after stage ``p − 1`` has finished (``key_state_budget``), where the
+        lockstep cascade runs every stage's step ``k`` together."""
         return self.method in ("latent_ddnm", "zerosmooth+ddnm")
 
     @property

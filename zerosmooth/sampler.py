@@ -5,10 +5,12 @@ encodes the conditions, draws the shared noise and denoises. Every denoising ste
 …, S in order, each with its own scheduler; stage ``s ≥ 2`` reads the states stage ``s - 1``
 recorded at the same step, and they are dropped as soon as they are read, so only one step's
 states are ever alive (the paper offloads every step's states to the CPU instead).
-``method="latent_ddnm"`` and ``"zerosmooth+ddnm"`` are the exception: their pull needs the finished
-previous stage, so their stages run one after another (and the latter holds the previous stage's
-states of every step). With ``key_frames="exact"`` the long stages' final latents are moved, in stage
-order, so that their key frames are the previous stage's (SPEC §10).
+A pull towards the *finished* previous stage (``method="zerosmooth+ddnm"``, the default, and
+``"latent_ddnm"``) needs another order: stage ``p`` runs in a pass after stage ``p − 1`` has
+finished, reading stage ``p − 1``'s states of every step held from its own pass when they fit
+``ZeroSmoothConfig.key_state_budget``, else recomputed by re-running the earlier stages in lockstep
+with it (the same output bit for bit). With ``key_frames="exact"`` the long stages' final latents
+are moved, in stage order, so that their key frames are the previous stage's (SPEC §10).
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ def make_plan(adapter: Adapter, config: ZeroSmoothConfig, kwargs: dict) -> Plan:
             )
         if not call.latents.is_floating_point():
             raise ValueError(f"latents must be a floating-point tensor, got dtype {call.latents.dtype}")
-    if config.sequential and config.stages > 1:
+    if config.pulls and config.stages > 1:
         baselines.clean_latent_coefficient_supported(adapter.pipe.scheduler)
     return Plan(config, adapter, call, frame_counts, window, stride, longest_shape)
 
@@ -132,6 +134,13 @@ class _Progress:
         self.total, self.done, self.callback = total, 0, callback
         self.bar = tqdm(total=total, desc="ZeroSmooth", disable=not bar)
 
+    def extend(self, stage_steps: int) -> None:
+        """Add ``stage_steps`` to the total (stages re-run because their states are not held)."""
+        if stage_steps:
+            self.total += stage_steps
+            self.bar.total = self.total
+            self.bar.refresh()
+
     def advance(self) -> None:
         self.done += 1
         self.bar.update()
@@ -144,19 +153,25 @@ class _Progress:
 
 def run(plan: Plan, slot: SessionSlot, progress_bar: bool = True,
         progress: Optional[Callable[[int, int], None]] = None) -> Result:
-    """Denoise every stage of ``plan`` with the hooks reading ``slot``; set the key frames
-    (``key_frames="exact"``); decode; return the videos."""
+    """Denoise every stage of ``plan`` (in lockstep, or in passes for a pull) with the hooks reading
+    ``slot``; set the key frames (``key_frames="exact"``); decode; return the videos."""
     config, call, adapter = plan.config, plan.call, plan.adapter
     adapter.encode(call)
     shared = call.latents
     if shared is None:
         shared = randn_tensor(plan.longest_shape, generator=call.generator, device=call.device, dtype=call.dtype)
-    stages = []
-    for index, frames in enumerate(plan.frame_counts, start=1):
-        stage = adapter.new_stage(call, index, frames, config)
-        start = noise.stage_noise(shared, adapter.latent_frame_dim, config.scale, config.stages, index)
-        stage.latents = start.to(call.device) * stage.scheduler.init_noise_sigma
-        stages.append(stage)
+
+    def new_stages(indices) -> list[Stage]:
+        """Stages ``indices`` (1-based), each with its own scheduler, at their share of the shared noise."""
+        stages = []
+        for index in indices:
+            stage = adapter.new_stage(call, index, plan.frame_counts[index - 1], config)
+            start = noise.stage_noise(shared, adapter.latent_frame_dim, config.scale, config.stages, index)
+            stage.latents = start.to(call.device) * stage.scheduler.init_noise_sigma
+            stages.append(stage)
+        return stages
+
+    stages = new_stages(range(1, config.stages + 1))
     timesteps = stages[0].timesteps
     top = max_timestep(stages[0].scheduler, timesteps)
     count = len(timesteps)
@@ -174,44 +189,72 @@ def run(plan: Plan, slot: SessionSlot, progress_bar: bool = True,
         step_noise.append(drawn)
         return drawn
 
+    def pulled(stage: Stage, output, k: int, t, finished: list[Stage]) -> torch.Tensor:
+        """Stage ``stage``'s latents after step ``k``: pulled towards the finished previous stage."""
+        if not config.pulls or stage.index == 1:
+            return output.prev_sample
+        return baselines.ddnm_step(
+            output, stage.scheduler, t, finished[stage.index - 2].latents, config.scale, adapter.latent_frame_dim,
+            strength=pulls[k], spread=config.pull_spread, backend=_back_project_backend(config),
+        )
+
+    def coloured(stage: Stage, latents: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """AdaIN to the key frames of ``previous``, the previous stage's latents after the same step."""
+        if not config.colours or stage.index == 1:
+            return latents
+        return color.adain_to_key_frames(latents, previous, config.scale, adapter.latent_frame_dim)
+
     session = Session(config, plan.window, plan.stride, torch.Generator().manual_seed(config.seed))
-    ticker = _Progress(len(stages) * count, progress_bar, progress)
+    ticker = _Progress(config.stages * count, progress_bar, progress)
     slot.session = session
     try:
-        if config.sequential:
+        if config.pulls:
+            # Pass p finishes stage p, pulled towards stage p − 1 finished in an earlier pass. It runs
+            # stages first..p in lockstep, where stage first − 1 = p − 1 held its states of every
+            # step from its own pass if they fit the budget, else first = 1.
             noises = [draw_step_noise() for _ in timesteps]
-            previous_steps: list[torch.Tensor] = []  # the previous stage's latents after each step, for colour
-            for stage in stages:
-                latents_per_step = []
+            finished: list[Stage] = []  # stage s as finished, at [s − 1]
+            kv_starts = [session.kv_generator.get_state()]  # where stage s's K/V draws start, at [s − 1]
+            first, held_steps = 1, []  # held_steps: stage first − 1's latents after each step, for colour
+            for last in range(1, config.stages + 1):
+                running = new_stages(range(first, last + 1))
+                # Every stage starts its K/V draws where they start when the stages run one by one.
+                generators = [torch.Generator().set_state(kv_starts[stage.index - 1]) for stage in running]
+                ticker.extend((len(running) - 1) * count)
+                session.cache.start_pass()
+                hold, last_steps = last < config.stages, []
                 for k, t in enumerate(timesteps):
-                    output = _step(plan, session, stage, k, t, blends, residuals, noises[k])
-                    latents = output.prev_sample
-                    if stage.index >= 2:
-                        reference = stages[stage.index - 2].latents
-                        latents = baselines.ddnm_step(
-                            output, stage.scheduler, t, reference, config.scale, adapter.latent_frame_dim,
-                            strength=pulls[k], spread=config.pull_spread, backend=_back_project_backend(config),
-                        )
-                        if config.colours:
-                            latents = color.adain_to_key_frames(latents, previous_steps[k], config.scale,
-                                                                adapter.latent_frame_dim)
-                    stage.latents = latents
-                    if config.colours:
-                        latents_per_step.append(latents)
-                    ticker.advance()
-                previous_steps = latents_per_step
-                if session.cache.held_by(stage.index - 1):
-                    raise RuntimeError(f"{session.cache.held_by(stage.index - 1)} key states of stage "
-                                       f"{stage.index - 1} were recorded but never read")
+                    for position, (stage, generator) in enumerate(zip(running, generators)):
+                        session.kv_generator = generator
+                        output = _step(plan, session, stage, k, t, blends, residuals, noises[k])
+                        if position:
+                            previous = running[position - 1].latents
+                        else:
+                            previous = held_steps[k] if held_steps else None
+                        stage.latents = coloured(stage, pulled(stage, output, k, t, finished), previous)
+                        ticker.advance()
+                    if hold:  # give up as soon as the stage's states, at this step's rate, cannot fit
+                        held = session.cache.bytes_held_by(last)
+                        hold = held * count // (k + 1) <= config.key_state_budget
+                    if not hold:
+                        session.cache.discard(last)
+                    elif config.colours:
+                        last_steps.append(running[-1].latents)
+                unread = len(session.cache) - session.cache.held_by(last)
+                if unread:
+                    raise RuntimeError(f"{unread} key states were recorded but never read in the pass of stage {last}")
+                finished.append(running[-1])
+                kv_starts.append(generators[-1].get_state())
+                # Held states are read once: a stage not held is re-run from stage 1 in the next pass.
+                first, held_steps = (last + 1, last_steps) if hold else (1, [])
+            stages = finished
         else:
             for k, t in enumerate(timesteps):
                 shared_step_noise = draw_step_noise()
                 for stage in stages:
-                    latents = _step(plan, session, stage, k, t, blends, residuals, shared_step_noise).prev_sample
-                    if config.colours and stage.index >= 2:
-                        previous = stages[stage.index - 2].latents
-                        latents = color.adain_to_key_frames(latents, previous, config.scale, adapter.latent_frame_dim)
-                    stage.latents = latents
+                    output = _step(plan, session, stage, k, t, blends, residuals, shared_step_noise)
+                    previous = stages[stage.index - 2].latents if stage.index >= 2 else None
+                    stage.latents = coloured(stage, output.prev_sample, previous)
                     ticker.advance()
                 if len(session.cache):
                     raise RuntimeError(f"{len(session.cache)} key states were recorded but never read at step {k}")

@@ -22,21 +22,26 @@ class KeyStateCache:
     """States recorded by stage ``s`` for stage ``s + 1``, keyed by ``(stage, step, site name)``.
 
     Stage ``s + 1`` at step ``k`` takes what stage ``s`` recorded at step ``k``; an entry is removed
-    when read. In the lockstep cascade only one step's states are ever alive; a cascade whose
-    stages run one after another (``method="zerosmooth+ddnm"``) holds a whole stage's. ``peak_bytes``
-    is the most ever held at once; ``recorded_bytes`` the total ever stored (what offloading every
-    step's states would hold).
+    when read. In the lockstep cascade only one step's states are ever alive; a cascade with a pull
+    may hold a whole stage's (``ZeroSmoothConfig.key_state_budget``). ``peak_bytes`` is the most
+    ever held at once; ``recorded_bytes`` what every stage records over the cascade, counted once
+    however often a stage is re-run (what offloading every step's states would hold).
     """
 
     def __init__(self):
         self._entries: dict[tuple[int, int, str], torch.Tensor] = {}
+        self._recorded_this_pass: dict[int, int] = {}
+        self._recorded_by_stage: dict[int, int] = {}
         self.current_bytes = 0
         self.peak_bytes = 0
-        self.recorded_bytes = 0
 
     @staticmethod
     def _nbytes(tensor: torch.Tensor) -> int:
         return tensor.untyped_storage().nbytes()
+
+    @property
+    def recorded_bytes(self) -> int:
+        return sum(self._recorded_by_stage.values())
 
     def put(self, step: "StageStep", name: str, tensor: torch.Tensor) -> None:
         """Record ``tensor`` as stage ``step.stage``'s state at ``name`` and step ``step.step_index``."""
@@ -47,8 +52,9 @@ class KeyStateCache:
         self._entries[key] = tensor
         size = self._nbytes(tensor)
         self.current_bytes += size
-        self.recorded_bytes += size
         self.peak_bytes = max(self.peak_bytes, self.current_bytes)
+        self._recorded_this_pass[step.stage] = self._recorded_this_pass.get(step.stage, 0) + size
+        self._recorded_by_stage[step.stage] = self._recorded_this_pass[step.stage]
 
     def take(self, step: "StageStep", name: str) -> torch.Tensor:
         """Remove and return what the stage before ``step.stage`` recorded at ``name`` at the same step."""
@@ -63,9 +69,22 @@ class KeyStateCache:
         self.current_bytes -= self._nbytes(tensor)
         return tensor
 
+    def start_pass(self) -> None:
+        """The stages run next record afresh (a re-run stage records what it recorded before)."""
+        self._recorded_this_pass = {}
+
+    def discard(self, stage: int) -> None:
+        """Drop what stage ``stage`` recorded: states no stage of the running pass reads."""
+        for key in [key for key in self._entries if key[0] == stage]:
+            self.current_bytes -= self._nbytes(self._entries.pop(key))
+
     def held_by(self, stage: int) -> int:
         """How many entries stage ``stage`` recorded that were not read yet."""
         return sum(key[0] == stage for key in self._entries)
+
+    def bytes_held_by(self, stage: int) -> int:
+        """Bytes of the entries stage ``stage`` recorded that were not read yet."""
+        return sum(self._nbytes(tensor) for key, tensor in self._entries.items() if key[0] == stage)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -19,7 +19,8 @@ by its noise draw), so all rows of a seed share one base video. Rows:
   predicted clean latent onto the base video's latents after every step (SPEC §8).
 - ``paper``: ZeroSmooth as the paper specifies (attention correction only), and its ablations
   ``spatial_only``, ``temporal_only``, ``kv_sample``, ``no_blend``; ``zerosmooth``: the library's
-  default configuration (see the README for how it was chosen).
+  default configuration (see the README for how it was chosen); ``lockstep``: the default without
+  latent DDNM's pull, ``method="zerosmooth"`` (the default before the pull was measured).
 - ``exact_keys``: a ceiling — the ``paper`` row's long latents with their key-frame rows replaced by
   the base video's latents, decoded: what perfect key latents give through the VAE decoder.
 
@@ -28,12 +29,12 @@ Diagnostic rows (only when named in ``--methods``) take one piece away at a time
 ``key_guidance`` (the default with SVD's guidance at key positions, SPEC §10), ``residual_only``
 (the residual correction alone, with neither the default's final move of the key frames nor its
 colour correction: how well it holds them), ``ddnm_linear`` (latent DDNM with the default's linear
-spread, a fair baseline), ``default no colour`` (the default without colour correction, the default
-before it was measured) and that with one other knob changed (``no colour +temporal sites``, ``no
-colour no positions``, ``no colour full window``, ``no colour overlap 10``). ``--front`` adds sweeps
-of each method's strength/schedule (:data:`FRONT`; its family ``default +ddnm`` is
-``method="zerosmooth+ddnm"``, the default plus latent DDNM's pull, at every step or over the first
-half) and plots key PSNR against the quality columns.
+spread, a fair baseline), ``lockstep no colour`` (``lockstep`` without colour correction, the
+default before colour correction was measured) and that with one other knob changed (``no colour
++temporal sites``, ``no colour no positions``, ``no colour full window``, ``no colour overlap 10``).
+``--front`` adds sweeps of each method's strength/schedule (:data:`FRONT`; the ``default`` family is
+the default with latent DDNM's pull at every step or over the first half) and plots key PSNR
+against the quality columns.
 
 Columns (see :mod:`zerosmooth.lab.metrics`): key-frame PSNR/SSIM against the base video; ``interp
 err`` (px) of in-between frames from the straight motion between their key frames and ``accel``
@@ -69,6 +70,10 @@ from zerosmooth.lab.metrics import (FEATURE_NAMES, clip_features, estimate_posit
                                     trajectory_metrics)
 from zerosmooth.lab.world import HELD_OUT_SEED_BASE, RENDER_FPS, WorldConfig, render_clip
 
+# The method alone, stages in lockstep: the default before latent DDNM's pull was added.
+LOCKSTEP = {"method": "zerosmooth"}
+
+
 # Row name -> ZeroSmoothConfig overrides (None: computed from the base video, no model run).
 METHODS: dict[str, dict | None] = {
     "repeat": None,
@@ -81,20 +86,21 @@ METHODS: dict[str, dict | None] = {
     "kv_sample": {**PAPER, "kv_operator": "sample"},
     "no_blend": {**PAPER, "strength": 1.0, "strength_schedule": "constant"},
     "zerosmooth": {},
+    "lockstep": LOCKSTEP,
     "exact_keys": None,
 }
 
 
 def _residual(strength: float, stop: float, sites=("resnets",), spread: str = "keys") -> dict:
     """The residual correction alone: key frames as denoised, no final move onto the base video, no
-    colour correction."""
-    return {"residual_strength": strength, "residual_schedule": "constant", "residual_window": (0.0, stop),
-            "residual_sites": tuple(sites), "residual_spread": spread, "key_frames": "free",
-            "color_correction": False}
+    colour correction, no pull."""
+    return {**LOCKSTEP, "residual_strength": strength, "residual_schedule": "constant",
+            "residual_window": (0.0, stop), "residual_sites": tuple(sites), "residual_spread": spread,
+            "key_frames": "free", "color_correction": False}
 
 
-# The default before colour correction was switched on: the settings the screen below varied.
-NO_COLOUR = {"color_correction": False}
+# The lockstep default before colour correction was switched on: the settings the screen below varied.
+NO_COLOUR = {**LOCKSTEP, "color_correction": False}
 
 
 # Diagnostic rows, run only when named in --methods: which part of ZeroSmooth does the work.
@@ -107,9 +113,9 @@ DIAGNOSTICS: dict[str, dict] = {
     "key_guidance": {"key_guidance": True},
     "residual_only": _residual(1.0, 1.0, spread="linear"),
     "ddnm_linear": {"method": "latent_ddnm", "ddnm_spread": "linear"},
-    "default no colour": NO_COLOUR,
-    # The default without colour correction and one other knob changed (the screen that chose colour
-    # correction): does anything but the residual correction matter?
+    "lockstep no colour": NO_COLOUR,
+    # The lockstep default without colour correction and one other knob changed (the screen that chose
+    # colour correction): does anything but the residual correction matter?
     "no colour +temporal sites": {**NO_COLOUR, "residual_sites": ("resnets", "temporal")},
     "no colour no positions": {**NO_COLOUR, "interpolate_positions": False},
     "no colour full window": {**NO_COLOUR, "temporal_windows": False},
@@ -142,13 +148,13 @@ FRONT: dict[str, dict[str, dict]] = {
         "linear 0.5 all": _residual(0.5, 1.0, spread="linear"),
         "linear 1.0 all": _residual(1.0, 1.0, spread="linear"),
     },
-    "default": {  # the library's default and its own knob; exact key frames either way
-        "default residual 0.5": {"residual_strength": 0.5},
-        "zerosmooth": {},
+    "lockstep": {  # the method alone (the default before the pull) and its own knob; exact key frames either way
+        "lockstep residual 0.5": {**LOCKSTEP, "residual_strength": 0.5},
+        "lockstep": LOCKSTEP,
     },
-    "default +ddnm": {  # the default plus latent DDNM's pull (stages in sequence), over all steps or the first half
-        "default +ddnm early": {"method": "zerosmooth+ddnm", "ddnm_window": (0.0, 0.5)},
-        "default +ddnm": {"method": "zerosmooth+ddnm"},
+    "default": {  # the library's default (the method plus latent DDNM's pull), and with the pull over the first half
+        "zerosmooth pull early": {"ddnm_window": (0.0, 0.5)},
+        "zerosmooth": {},
     },
 }
 FRONT_RUNS = {name: overrides for family in FRONT.values() for name, overrides in family.items()}
