@@ -60,7 +60,8 @@ class ZeroSmooth:
     arguments (``image=`` for SVD, ``prompt=`` for text-to-video, ``num_frames`` = the base frame
     count, ``num_inference_steps``, ``generator``, ``output_type``, ``latents=`` = the longest
     stage's initial noise in the pipeline's latent layout, …) plus ``progress_bar=True`` (a tqdm
-    bar over stages × steps) and ``progress=None`` (a callable ``progress(done, total)``), and
+    bar over stages × steps) and ``progress=None`` (a callable ``progress(done, total)``; ``total``
+    grows when a pull re-runs earlier stages whose states exceed ``key_state_budget``), and
     returns a :class:`ZeroSmoothOutput`. Every argument is checked before any model runs.
 
     Hooks (attention, positions, residual-stream sites) are installed by :meth:`enable` (or
