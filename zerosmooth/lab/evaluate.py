@@ -152,7 +152,9 @@ FRONT: dict[str, dict[str, dict]] = {
         "lockstep residual 0.5": {**LOCKSTEP, "residual_strength": 0.5},
         "lockstep": LOCKSTEP,
     },
-    "default": {  # the library's default (the method plus latent DDNM's pull), and with the pull over the first half
+    "default": {  # the library's default (the method plus latent DDNM's pull), the pull over the first half, and
+        # every key-frame correction over the first half only with the key frames as denoised (the late steps free)
+        "zerosmooth first half": {"ddnm_window": (0.0, 0.5), "residual_window": (0.0, 0.5), "key_frames": "free"},
         "zerosmooth pull early": {"ddnm_window": (0.0, 0.5)},
         "zerosmooth": {},
     },
