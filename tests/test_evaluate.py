@@ -162,6 +162,12 @@ def _changed_fields(settings, reference) -> list[str]:
     return [f.name for f in dataclasses.fields(settings) if getattr(settings, f.name) != getattr(reference, f.name)]
 
 
+def test_plot_shows_the_table_rows_and_leaves_sweep_points_to_the_front():
+    rows = [{"scale": 2, "method": name} for name in ("real", "direct", "zerosmooth", "ddnm 0.5", "lockstep",
+                                                     "paper w 0.4", "no_positions")]
+    assert evaluate.plotted_rows(rows) == ["real", "direct", "zerosmooth", "lockstep", "no_positions"]
+
+
 def test_default_variants_change_one_knob():
     """Every row's overrides make a valid config; ``lockstep`` is the default without the pull,
     ``lockstep no colour`` that with colour correction off, and each ``no colour …`` diagnostic is

@@ -423,11 +423,17 @@ def _pyplot():
     return plt
 
 
+def plotted_rows(rows: list[dict]) -> list[str]:
+    """The rows of plot.png, in table order: every row but the front's sweep points, which have the
+    front's plot (a sweep point that is also a table row, such as the default, stays)."""
+    return list(dict.fromkeys(r["method"] for r in rows if r["method"] in METHODS or r["method"] not in FRONT_RUNS))
+
+
 def _plot(path: Path, rows: list[dict]) -> None:
     """One bar chart per column, rows on the x axis, one bar colour per scale."""
     plt = _pyplot()
     scales = sorted({r["scale"] for r in rows})
-    names = list(dict.fromkeys(r["method"] for r in rows if r["method"] not in FRONT_RUNS))
+    names = plotted_rows(rows)
     fig, axes = plt.subplots(3, 3, figsize=(16, 11))
     for ax, column, header in zip(axes.flat, COLUMNS, HEADERS):
         for j, factor in enumerate(scales):
