@@ -171,7 +171,8 @@ def run(plan: Plan, slot: SessionSlot, progress_bar: bool = True,
             stages.append(stage)
         return stages
 
-    stages = new_stages(range(1, config.stages + 1))
+    # A pull builds its stages pass by pass (below); stage 1 gives the timesteps either way.
+    stages = new_stages(range(1, 2 if config.pulls else config.stages + 1))
     timesteps = stages[0].timesteps
     top = max_timestep(stages[0].scheduler, timesteps)
     count = len(timesteps)
