@@ -127,6 +127,7 @@ FRONT: dict[str, dict[str, dict]] = {
     "latent_ddnm": {
         "ddnm 0.25": {"method": "latent_ddnm", "ddnm_strength": 0.25},
         "ddnm 0.5": {"method": "latent_ddnm", "ddnm_strength": 0.5},
+        "ddnm 1.0 first quarter": {"method": "latent_ddnm", "ddnm_window": (0.0, 0.25)},
         "ddnm 1.0 early": {"method": "latent_ddnm", "ddnm_window": (0.0, 0.5)},
         "ddnm 1.0": {"method": "latent_ddnm"},
         "ddnm 1.0 linear": {"method": "latent_ddnm", "ddnm_spread": "linear"},
@@ -154,6 +155,7 @@ FRONT: dict[str, dict[str, dict]] = {
     },
     "default": {  # the library's default (the method plus latent DDNM's pull), the pull over the first half, and
         # every key-frame correction over the first half only with the key frames as denoised (the late steps free)
+        "zerosmooth first quarter": {"ddnm_window": (0.0, 0.25), "residual_window": (0.0, 0.25), "key_frames": "free"},
         "zerosmooth first half": {"ddnm_window": (0.0, 0.5), "residual_window": (0.0, 0.5), "key_frames": "free"},
         "zerosmooth pull early": {"ddnm_window": (0.0, 0.5)},
         "zerosmooth": {},
