@@ -153,10 +153,13 @@ FRONT: dict[str, dict[str, dict]] = {
         "lockstep residual 0.5": {**LOCKSTEP, "residual_strength": 0.5},
         "lockstep": LOCKSTEP,
     },
-    "default": {  # the library's default (the method plus latent DDNM's pull), the pull over the first half, and
-        # every key-frame correction over the first half only with the key frames as denoised (the late steps free)
+    "default": {  # the library's default (the method plus latent DDNM's pull) and its schedules towards free key
+        # frames: the pull alone over the first half; the pull and the residual correction over the first quarter or
+        # half, the attention blend too over the first half, each with the key frames as denoised (late steps free)
         "zerosmooth first quarter": {"ddnm_window": (0.0, 0.25), "residual_window": (0.0, 0.25), "key_frames": "free"},
         "zerosmooth first half": {"ddnm_window": (0.0, 0.5), "residual_window": (0.0, 0.5), "key_frames": "free"},
+        "zerosmooth all first half": {"strength_window": (0.0, 0.5), "ddnm_window": (0.0, 0.5),
+                                      "residual_window": (0.0, 0.5), "key_frames": "free"},
         "zerosmooth pull early": {"ddnm_window": (0.0, 0.5)},
         "zerosmooth": {},
     },
