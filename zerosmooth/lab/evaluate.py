@@ -33,8 +33,8 @@ spread, a fair baseline), ``lockstep no colour`` (``lockstep`` without colour co
 default before colour correction was measured) and that with one other knob changed (``no colour
 +temporal sites``, ``no colour no positions``, ``no colour full window``, ``no colour overlap 10``).
 ``--front`` adds sweeps of each method's strength/schedule (:data:`FRONT`; the ``default`` family is
-the default with latent DDNM's pull at every step or over the first half) and plots key PSNR
-against the quality columns.
+the default and its corrections windowed to the first quarter or half of the steps) and plots key
+PSNR against the quality columns.
 
 Columns (see :mod:`zerosmooth.lab.metrics`): key-frame PSNR/SSIM against the base video; ``interp
 err`` (px) of in-between frames from the straight motion between their key frames and ``accel``
