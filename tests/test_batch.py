@@ -70,10 +70,25 @@ def test_method_options_reach_the_config():
     config = job.config()
     assert (config.strength, config.residual_strength, config.residual_window, config.residual_spread,
             config.key_frames, config.key_guidance, config.scale) == (0.6, 0.5, (0.0, 0.4), "keys", "free", True, 3)
+    windows = batch.make_job({"strength-until": 0.5, "ddnm_until": 0.25}, None)
+    assert (windows.config().strength_window, windows.config().ddnm_window) == ((0.0, 0.5), (0.0, 0.25))
+    assert not windows.warnings
     default = batch.make_job({}, None).config()
     assert default == batch.ZeroSmoothConfig()  # unset options keep the library's defaults
     assert default.color_correction is True
     assert batch.make_job({"color-correction": False}, None).config().color_correction is False
+
+
+@pytest.mark.parametrize("method, options, warned", [
+    ("zerosmooth", {"ddnm-until": 0.5}, ["ddnm-until"]),
+    ("direct", {"ddnm-until": 0.5, "strength-until": 0.5}, ["strength-until", "ddnm-until"]),
+    ("latent_ddnm", {"ddnm-until": 0.5, "strength-until": 0.5}, ["strength-until"]),
+    ("zerosmooth+ddnm", {"ddnm-until": 0.5, "strength-until": 0.5}, []),
+])
+def test_a_window_the_method_does_not_use_is_warned_about(method, options, warned):
+    job = batch.make_job({"method": method, **options}, None)
+    assert [option for option, _ in job.warnings] == warned
+    assert all(method in text for _, text in job.warnings)
 
 
 @pytest.mark.parametrize("flags, expected", [([], None), (["--color-correction"], True),

@@ -100,10 +100,13 @@ JOB_OPTIONS: tuple[Option, ...] = (
            "hold for every step so that the next stage need not re-run it (default 2048; 0 re-runs the earlier "
            "stages: one step's states, more compute; the videos are the same either way)", minimum=0),
     Option("strength", float, "maximum w of the paper's attention blend o + w(ô − o) (default 0.8)"),
+    Option("strength-until", float, "denoising progress (0 to 1] up to which the attention blend acts (default 1)"),
     Option("residual-strength", float, "strength of the residual-stream correction, which pins the long branch's "
            "key-frame rows at the model's ResNet outputs (0 switches it off; default: the library's)"),
     Option("residual-until", float, "denoising progress (0 to 1] up to which the residual-stream correction acts "
            "(default: the library's)"),
+    Option("ddnm-until", float, "with a pull (zerosmooth+ddnm, latent_ddnm): denoising progress (0 to 1] up to "
+           "which the pull towards the finished previous stage acts (default 1)"),
     Option("residual-spread", str, "how the residual correction reaches the in-between frames: keys (the key-frame "
            "rows only) or linear (each in-between frame moves with its two key frames); default: the library's",
            choices=SPREADS),
@@ -122,18 +125,23 @@ JOB_OPTIONS: tuple[Option, ...] = (
 OPTIONS_BY_NAME = {option.name: option for option in JOB_OPTIONS}
 # ZeroSmoothConfig fields the job options set, and the option that sets each (for error messages).
 CONFIG_OPTIONS = {"scale": "scale", "stages": "stages", "seed": "seed", "method": "method", "strength": "strength",
-                  "residual_strength": "residual-strength", "residual_window": "residual-until",
+                  "strength_window": "strength-until", "residual_strength": "residual-strength",
+                  "residual_window": "residual-until", "ddnm_window": "ddnm-until",
                   "residual_spread": "residual-spread", "key_frames": "key-frames", "key_guidance": "key-guidance",
                   "color_correction": "color-correction", "key_state_budget": "key-state-budget-mib"}
+# Each correction's window (0, until), by config field: the options set its stop only.
+WINDOW_OPTIONS = {"strength_window": "strength_until", "residual_window": "residual_until",
+                  "ddnm_window": "ddnm_until"}
 
 
 def config_fields(values: dict) -> dict:
     """The ZeroSmoothConfig fields a job's option values (by attribute name) set; unset ones keep
     the library's defaults."""
     fields = {name: values[name] for name in CONFIG_OPTIONS
-              if name not in ("residual_window", "key_state_budget") and values.get(name) is not None}
-    if values.get("residual_until") is not None:
-        fields["residual_window"] = (0.0, values["residual_until"])
+              if name not in (*WINDOW_OPTIONS, "key_state_budget") and values.get(name) is not None}
+    for name, until in WINDOW_OPTIONS.items():
+        if values.get(until) is not None:
+            fields[name] = (0.0, values[until])
     if values.get("key_state_budget_mib") is not None:
         fields["key_state_budget"] = values["key_state_budget_mib"] * 2**20
     return fields
@@ -349,8 +357,10 @@ class Job:
     method: str = ZeroSmoothConfig.method
     key_state_budget_mib: Optional[int] = None
     strength: Optional[float] = None
+    strength_until: Optional[float] = None
     residual_strength: Optional[float] = None
     residual_until: Optional[float] = None
+    ddnm_until: Optional[float] = None
     residual_spread: Optional[str] = None
     key_frames: Optional[str] = None
     key_guidance: Optional[bool] = None
@@ -447,9 +457,9 @@ def make_job(values: dict, spec: Optional[ModelSpec], line: int = 0, default_ste
             raise JobError(text.replace("_", "-"), checked[text], "a non-empty text")
     if checked.get("seed", 0) >= 2**64:
         raise JobError("seed", checked["seed"], "an integer below 2**64 (torch.Generator's range)")
-    until = checked.get("residual_until")
-    if until is not None and not 0 < until <= 1:
-        raise JobError("residual-until", until, "a fraction of the denoising in (0, 1]")
+    for until in WINDOW_OPTIONS.values():
+        if checked.get(until) is not None and not 0 < checked[until] <= 1:
+            raise JobError(until.replace("_", "-"), checked[until], "a fraction of the denoising in (0, 1]")
     given = config_fields(checked)
     try:
         ZeroSmoothConfig(**given)
@@ -468,6 +478,7 @@ def make_job(values: dict, spec: Optional[ModelSpec], line: int = 0, default_ste
     else:
         stem = output_stem(DEFAULT_OUT)
     job = Job(line=line, stem=stem, **checked)
+    idle_window_warnings(job)
     if spec is not None:
         check_against_model(job, spec)
     return job
@@ -505,6 +516,19 @@ def check_sizes(job: Job, spec: ModelSpec) -> None:
                 note=f"the pipeline wants multiples of {PIPELINES[pipeline][1]}, ZeroSmooth of the VAE factor "
                      f"{spec.vae_factor} x the UNet downsampling {spec.unet_factor}; nearest: {nearest}",
             )
+
+
+def idle_window_warnings(job: Job) -> None:
+    """Warn (``job.warnings``) about a correction's window given to a method without that correction."""
+    config = job.config()
+    if job.strength_until is not None and not config.corrects:
+        job.warnings.append(("strength-until", (
+            f"{LABEL} has no effect with method {config.method}, which has no attention blend "
+            "(zerosmooth, zerosmooth+ddnm have)")))
+    if job.ddnm_until is not None and not config.pulls:
+        job.warnings.append(("ddnm-until", (
+            f"{LABEL} has no effect with method {config.method}, which has no pull "
+            "(zerosmooth+ddnm, latent_ddnm have)")))
 
 
 def frame_warnings(job: Job, spec: ModelSpec) -> None:
